@@ -1,0 +1,51 @@
+# nsbox — two commands for a newcomer on a fresh Debian 12 machine, as root:
+#   make demo   runs a real two-container pod
+#   make test   runs the test suite
+# Both install what they need first: Debian packages when missing, a
+# virtualenv in .venv, and nsbox built with its native parts.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
+# gcc/libc6-dev: the native parts (static nsbox-init needs libc.a);
+# python3-dev: cffi's extension; libcap-dev: python-prctl;
+# procps/iproute2/util-linux: tools the tests and the demo call.
+APT_PACKAGES := gcc libc6-dev python3-dev libcap-dev procps iproute2 util-linux
+SOURCES := $(shell find nsbox -name '*.py' -o -name '*.c' -o -name '*.h') setup.py pyproject.toml
+PYTEST_ARGS ?=
+
+.PHONY: all test demo sysdeps install clean
+
+all: install
+
+sysdeps:
+	@if command -v dpkg >/dev/null 2>&1; then \
+	  missing=""; \
+	  for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "make: installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else echo "make: no dpkg here; make sure these are installed: $(APT_PACKAGES)"; fi
+
+$(VENV)/.deps: pyproject.toml | sysdeps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install setuptools wheel "cffi>=1.15" "pytest>=7" "pyroute2>=0.7" "python-prctl>=1.8"
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.deps $(SOURCES)
+	$(PIP) install --no-build-isolation --no-deps --force-reinstall .
+	rm -rf build
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) examples/two_container_pod.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info nsbox/_native/_nsbox.c nsbox/_native/*.so nsbox/_native/nsbox-init

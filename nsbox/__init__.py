@@ -1,0 +1,45 @@
+"""nsbox: Pod-like Linux namespace sandboxes — the Kubernetes pause container
+as a Python library.
+
+    >>> import nsbox
+    >>> with nsbox.Pod(hostname="web-0") as pod:
+    ...     pod.run(["hostname"], capture_output=True, text=True).stdout
+    'web-0\\n'
+"""
+from .errors import (
+    ConfigError,
+    KindError,
+    NamespaceError,
+    NotRunningError,
+    NsboxError,
+    PodStartError,
+    PrivilegeError,
+    ThreadingError,
+    UnsupportedError,
+)
+from .kinds import DEFAULT_KINDS, KINDS
+from .namespaces import Namespace, join, joined
+from .pod import Pod
+from .spawn import PodProcess
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Pod",
+    "PodProcess",
+    "Namespace",
+    "join",
+    "joined",
+    "KINDS",
+    "DEFAULT_KINDS",
+    "NsboxError",
+    "KindError",
+    "ConfigError",
+    "NotRunningError",
+    "NamespaceError",
+    "PrivilegeError",
+    "PodStartError",
+    "ThreadingError",
+    "UnsupportedError",
+    "__version__",
+]

@@ -1,0 +1,250 @@
+/*
+ * nsbox-init: the holder ("pause") process of an nsbox pod.
+ *
+ * It is PID 1 of the pod's PID namespace (or a child subreaper when the pod
+ * has no PID namespace).  Its whole job:
+ *   - keep the pod's namespaces alive by existing;
+ *   - reap every child, including orphans re-parented to it;
+ *   - exit 0 on SIGTERM or SIGINT (the kernel then kills the rest of the
+ *     PID namespace), and ignore every other signal;
+ *   - exit when the process that created the pod is gone (-p FD, a pidfd),
+ *     so a crashed creator never leaves a pod behind.
+ *
+ * Signals are blocked and read from a signalfd: no work happens in a signal
+ * handler.  A waitpid(-1, WNOHANG) loop runs on every wake-up and at least
+ * once a second, so a coalesced SIGCHLD can never leave a zombie behind.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef NSBOX_VERSION
+#define NSBOX_VERSION "0.1.0"
+#endif
+
+#define REAP_INTERVAL_MS 1000
+
+static int verbose_reap;
+
+/* Signals the kernel raises synchronously for a fault: never block them. */
+static const int kernel_signals[] = {SIGFPE, SIGILL, SIGSEGV, SIGBUS, SIGABRT, SIGTRAP, SIGSYS};
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: nsbox-init [-v] [-h] [-s] [-w] [-r FD] [-p FD]\n"
+		"  -v     print the version and exit\n"
+		"  -s     quiet subreaper mode when not PID 1 (pods without a PID namespace)\n"
+		"  -w     log every reaped process to stderr\n"
+		"  -r FD  write 'R' to FD once ready, then close it\n"
+		"  -p FD  FD is a pidfd of the creator: exit when it exits\n");
+}
+
+static int parse_fd(const char *s)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || *end || end == s || v < 0 || v > 1 << 20)
+		return -1;
+	return (int)v;
+}
+
+/* Close every fd >= 3 except the ones we were asked to keep. */
+static void close_inherited_fds(int keep_a, int keep_b)
+{
+	int lo = keep_a < keep_b ? keep_a : keep_b;
+	int hi = keep_a < keep_b ? keep_b : keep_a;
+	unsigned int from = 3;
+
+	if (lo >= 3) {
+		if ((unsigned int)lo > from)
+			syscall(SYS_close_range, from, lo - 1, 0);
+		from = lo + 1;
+	}
+	if (hi >= 3 && hi != lo) {
+		if ((unsigned int)hi > from)
+			syscall(SYS_close_range, from, hi - 1, 0);
+		from = hi + 1;
+	}
+	syscall(SYS_close_range, from, ~0U, 0);
+}
+
+static void stdin_from_devnull(void)
+{
+	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	if (fd != 0) {
+		dup2(fd, 0);
+		close(fd);
+	}
+}
+
+/* Reap until there is nothing left to reap. */
+static void reap(void)
+{
+	for (;;) {
+		int status;
+		pid_t pid = waitpid(-1, &status, WNOHANG);
+
+		if (pid > 0) {
+			if (verbose_reap)
+				fprintf(stderr, "nsbox-init: reaped pid %d, status 0x%x\n", (int)pid, status);
+			continue;
+		}
+		if (pid < 0 && errno == EINTR)
+			continue;
+		/* 0: children left but none has exited; ECHILD: no children. */
+		return;
+	}
+}
+
+static int setup_signals(sigset_t *set)
+{
+	sigfillset(set);
+	for (size_t i = 0; i < sizeof(kernel_signals) / sizeof(kernel_signals[0]); i++)
+		sigdelset(set, kernel_signals[i]);
+	if (sigprocmask(SIG_SETMASK, set, NULL) < 0) {
+		perror("nsbox-init: failed to block signals");
+		return -1;
+	}
+	int fd = signalfd(-1, set, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (fd < 0)
+		perror("nsbox-init: failed to create signalfd");
+	return fd;
+}
+
+/* Returns the signal number that asks us to exit, or 0. */
+static int drain_signals(int sfd)
+{
+	struct signalfd_siginfo si;
+
+	for (;;) {
+		ssize_t n = read(sfd, &si, sizeof(si));
+
+		if (n != (ssize_t)sizeof(si))
+			return 0; /* EAGAIN: drained. Anything else: nothing to do. */
+		switch (si.ssi_signo) {
+		case SIGTERM:
+		case SIGINT:
+			return (int)si.ssi_signo;
+		default:
+			/* SIGCHLD is handled by the reap loop; everything else is ignored. */
+			break;
+		}
+	}
+}
+
+int main(int argc, char **argv)
+{
+	int ready_fd = -1, parent_fd = -1, quiet_subreaper = 0, opt;
+	sigset_t set;
+
+	while ((opt = getopt(argc, argv, "+vhswr:p:")) != -1) {
+		switch (opt) {
+		case 'v':
+			printf("nsbox-init %s\n", NSBOX_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 's':
+			quiet_subreaper = 1;
+			break;
+		case 'w':
+			verbose_reap = 1;
+			break;
+		case 'r':
+			if ((ready_fd = parse_fd(optarg)) < 0) {
+				fprintf(stderr, "nsbox-init: invalid -r fd: %s\n", optarg);
+				return 2;
+			}
+			break;
+		case 'p':
+			if ((parent_fd = parse_fd(optarg)) < 0) {
+				fprintf(stderr, "nsbox-init: invalid -p fd: %s\n", optarg);
+				return 2;
+			}
+			break;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+
+	if (getpid() != 1) {
+		if (!quiet_subreaper)
+			fprintf(stderr, "nsbox-init: warning: not PID 1; becoming a child subreaper "
+					"(only descendants are reaped)\n");
+		if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
+			perror("nsbox-init: warning: failed to become a child subreaper");
+	}
+
+	if (chdir("/") < 0)
+		perror("nsbox-init: warning: failed to chdir to /");
+	/* EPERM: already a session leader (started by a caller that did setsid). */
+	if (setsid() < 0 && errno != EPERM)
+		perror("nsbox-init: warning: setsid failed");
+	stdin_from_devnull();
+	close_inherited_fds(ready_fd, parent_fd);
+
+	int sfd = setup_signals(&set);
+	if (sfd < 0)
+		return 1;
+
+	if (ready_fd >= 0) {
+		/* Readiness: signals are blocked and routed to the signalfd now. */
+		ssize_t n;
+		do
+			n = write(ready_fd, "R", 1);
+		while (n < 0 && errno == EINTR);
+		close(ready_fd);
+	}
+
+	/*
+	 * From here on no error may end the pod: only SIGTERM/SIGINT or the
+	 * creator's death do.
+	 */
+	struct pollfd pfd[2] = {
+		{.fd = sfd, .events = POLLIN},
+		{.fd = parent_fd, .events = POLLIN},
+	};
+	nfds_t nfds = parent_fd >= 0 ? 2 : 1;
+
+	for (;;) {
+		int n = poll(pfd, nfds, REAP_INTERVAL_MS);
+
+		if (n > 0 && (pfd[0].revents & POLLIN)) {
+			int sig = drain_signals(sfd);
+			if (sig) {
+				reap();
+				return 0;
+			}
+		}
+		if (n > 0 && nfds == 2 && pfd[1].revents) {
+			/* The creator process is gone: so is the pod. */
+			return 0;
+		}
+		reap();
+	}
+}

@@ -1,0 +1,475 @@
+/*
+ * Process creation for nsbox: clone a child into new and/or joined
+ * namespaces and exec a program in it, with no Python code (and nothing that
+ * is not async-signal-safe) between clone and exec.  Modelled on CPython's
+ * _posixsubprocess: the parent prepares everything, the child only makes
+ * system calls and reports a failure as (step, errno) over a CLOEXEC pipe.
+ *
+ * The child is cloned with CLONE_VM on its own small stack (no page-table
+ * copy, so the cost does not grow with the caller's memory) and CLONE_PIDFD
+ * (the caller gets a handle, not just a reusable PID).  Joining a PID
+ * namespace changes the namespace of the *children* of the calling thread,
+ * so that setns runs on a short-lived helper thread, never on the caller's.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <net/if.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "nsbox.h"
+
+#define CHILD_STACK_SIZE (256 * 1024)
+#define RELOCATE_MIN_FD 10
+
+/* What the child writes when a step fails. */
+struct child_error {
+    char tag;          /* 'E' */
+    char stage[27];
+    int err;
+};
+
+struct spawn_ctx {
+    const struct nsbox_spawn_req *req;
+    struct nsbox_spawn_result *res;
+    int status_wr;     /* child -> parent, CLOEXEC */
+    int sync_rd;       /* parent -> child "maps written", or -1 */
+};
+
+int nsbox_pidfd_open(int pid, unsigned int flags)
+{
+    return (int)syscall(SYS_pidfd_open, pid, flags);
+}
+
+int nsbox_pidfd_send_signal(int pidfd, int sig)
+{
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+int nsbox_setns(int fd, int nstype)
+{
+    return setns(fd, nstype);
+}
+
+int nsbox_unshare(int flags)
+{
+    return unshare(flags);
+}
+
+/* ---- child side: async-signal-safe only ------------------------------- */
+
+static void child_fail(int status_wr, const char *stage, int err)
+{
+    struct child_error e;
+    size_t i;
+
+    memset(&e, 0, sizeof(e));
+    e.tag = 'E';
+    for (i = 0; i < sizeof(e.stage) - 1 && stage[i]; i++)
+        e.stage[i] = stage[i];
+    e.err = err;
+    while (write(status_wr, &e, sizeof(e)) < 0 && errno == EINTR)
+        ;
+    _exit(127);
+}
+
+static int loopback_up(void)
+{
+    struct ifreq ifr;
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+    if (s < 0)
+        return -1;
+    memset(&ifr, 0, sizeof(ifr));
+    memcpy(ifr.ifr_name, "lo", 3);
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
+        goto fail;
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+        goto fail;
+    close(s);
+    return 0;
+fail:
+    {
+        int e = errno;
+        close(s);
+        errno = e;
+    }
+    return -1;
+}
+
+/* close_range() over [from, to), skipping nothing. */
+static void close_span(int from, int to)
+{
+    if (to > from)
+        syscall(SYS_close_range, (unsigned int)from, (unsigned int)(to - 1), 0);
+}
+
+/*
+ * Close every fd >= 3 except those in keep[] (sorted) and the extras.
+ * Merges the two sorted sequences without allocating.
+ */
+static void close_fds_except(const int *keep, int n_keep, int *extra, int n_extra)
+{
+    int i = 0, j = 0, next = 3;
+
+    /* insertion sort of the few extras */
+    for (int a = 1; a < n_extra; a++)
+        for (int b = a; b > 0 && extra[b - 1] > extra[b]; b--) {
+            int t = extra[b];
+            extra[b] = extra[b - 1];
+            extra[b - 1] = t;
+        }
+    while (i < n_keep || j < n_extra) {
+        int k;
+        if (j >= n_extra || (i < n_keep && keep[i] <= extra[j]))
+            k = keep[i++];
+        else
+            k = extra[j++];
+        if (k < next)
+            continue;
+        close_span(next, k);
+        next = k + 1;
+    }
+    syscall(SYS_close_range, (unsigned int)next, ~0U, 0);
+}
+
+static int child_main(void *arg)
+{
+    struct spawn_ctx *ctx = arg;
+    const struct nsbox_spawn_req *r = ctx->req;
+    int st = ctx->status_wr;
+    int tmp[3] = {-1, -1, -1}, extra_tmp = -1;
+    int extras[3], n_extras = 0;
+    int saved_errno = 0;
+    sigset_t empty;
+
+    /* Wait until the parent has written the user namespace maps. */
+    if (ctx->sync_rd >= 0) {
+        char c;
+        ssize_t n;
+        do
+            n = read(ctx->sync_rd, &c, 1);
+        while (n < 0 && errno == EINTR);
+        if (n != 1)
+            child_fail(st, "wait for id maps", n < 0 ? errno : EPIPE);
+        close(ctx->sync_rd);
+    }
+
+    if (r->join_pidfd >= 0 && (r->join_flags & ~CLONE_NEWPID)) {
+        if (setns(r->join_pidfd, r->join_flags & ~CLONE_NEWPID) < 0)
+            child_fail(st, "setns", errno);
+    }
+    if (r->new_flags & CLONE_NEWNS) {
+        /* Keep our mounts from propagating back to the host. */
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+            child_fail(st, "make / private", errno);
+        if (r->mount_proc &&
+            mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+            child_fail(st, "mount /proc", errno);
+    }
+    if (r->hostname && sethostname(r->hostname, strlen(r->hostname)) < 0)
+        child_fail(st, "sethostname", errno);
+    if (r->loopback_up && loopback_up() < 0)
+        child_fail(st, "bring lo up", errno);
+
+    /*
+     * File descriptors.  Move every source above the targets first, so that
+     * installing one target can never clobber another source.
+     */
+    if (st < RELOCATE_MIN_FD) {
+        int fd = fcntl(st, F_DUPFD_CLOEXEC, RELOCATE_MIN_FD);
+        if (fd < 0)
+            child_fail(st, "relocate status fd", errno);
+        st = fd;
+    }
+    for (int i = 0; i < 3; i++)
+        if (r->stdio[i] >= 0 && (tmp[i] = fcntl(r->stdio[i], F_DUPFD_CLOEXEC, RELOCATE_MIN_FD)) < 0)
+            child_fail(st, "duplicate stdio fd", errno);
+    if (r->extra_fd_src >= 0 &&
+        (extra_tmp = fcntl(r->extra_fd_src, F_DUPFD_CLOEXEC, RELOCATE_MIN_FD)) < 0)
+        child_fail(st, "duplicate fd", errno);
+    for (int i = 0; i < 3; i++)
+        if (tmp[i] >= 0 && dup2(tmp[i], i) < 0)
+            child_fail(st, "install stdio fd", errno);
+    if (extra_tmp >= 0) {
+        if (dup2(extra_tmp, r->extra_fd_dst) < 0)
+            child_fail(st, "install fd", errno);
+        extras[n_extras++] = r->extra_fd_dst;
+    }
+    if (r->ready_fd >= 0) {
+        if (dup2(st, r->ready_fd) < 0)
+            child_fail(st, "install ready fd", errno);
+        extras[n_extras++] = r->ready_fd;
+    }
+    extras[n_extras++] = st;   /* CLOEXEC: gone at exec, needed until then */
+    for (int i = 0; i < r->n_keep; i++)
+        if (r->keep_fds[i] >= 3 && fcntl(r->keep_fds[i], F_SETFD, 0) < 0)
+            child_fail(st, "pass_fds", errno);
+    close_fds_except(r->keep_fds, r->n_keep, extras, n_extras);
+
+    if (r->cwd && chdir(r->cwd) < 0)
+        child_fail(st, "chdir", errno);
+    if (r->umask >= 0)
+        umask((mode_t)r->umask);
+    if (r->setsid && setsid() < 0)
+        child_fail(st, "setsid", errno);
+    if (r->pgid >= 0 && setpgid(0, r->pgid) < 0)
+        child_fail(st, "setpgid", errno);
+    if (r->n_groups >= 0 && setgroups((size_t)r->n_groups, (const gid_t *)r->groups) < 0)
+        child_fail(st, "setgroups", errno);
+    if (r->gid >= 0 && setregid((gid_t)r->gid, (gid_t)r->gid) < 0)
+        child_fail(st, "setgid", errno);
+    if (r->uid >= 0 && setreuid((uid_t)r->uid, (uid_t)r->uid) < 0)
+        child_fail(st, "setuid", errno);
+
+    /* A clean signal state: default dispositions, nothing blocked. */
+    for (int sig = 1; sig < _NSIG; sig++) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = SIG_DFL;
+        sigaction(sig, &sa, NULL);   /* EINVAL for KILL/STOP/libc-internal: fine */
+    }
+    sigemptyset(&empty);
+    sigprocmask(SIG_SETMASK, &empty, NULL);
+
+    for (const char *const *p = r->exec_paths; *p; p++) {
+        if (r->envp)
+            execve(*p, r->argv, r->envp);
+        else
+            execv(*p, r->argv);
+        if (errno != ENOENT && errno != ENOTDIR && saved_errno == 0)
+            saved_errno = errno;
+    }
+    child_fail(st, "exec", saved_errno ? saved_errno : errno);
+    return 127;
+}
+
+/* ---- parent side ------------------------------------------------------- */
+
+static int write_file(const char *path, const char *data)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    size_t len = strlen(data);
+    ssize_t n;
+
+    if (fd < 0)
+        return -1;
+    n = write(fd, data, len);
+    if (n < 0 || (size_t)n != len) {
+        int e = n < 0 ? errno : EIO;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return close(fd);
+}
+
+static void set_error(struct nsbox_spawn_result *res, const char *stage, int err)
+{
+    snprintf(res->stage, sizeof(res->stage), "%s", stage);
+    res->err = err;
+}
+
+static int write_id_maps(const struct nsbox_spawn_req *r, pid_t pid, struct nsbox_spawn_result *res)
+{
+    char path[64];
+
+    if (r->gid_map) {
+        snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)pid);
+        if (write_file(path, r->gid_map) < 0) {
+            set_error(res, "write gid_map", errno);
+            return -1;
+        }
+    }
+    if (r->uid_map) {
+        snprintf(path, sizeof(path), "/proc/%d/uid_map", (int)pid);
+        if (write_file(path, r->uid_map) < 0) {
+            set_error(res, "write uid_map", errno);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Kill and reap a child that failed before it became the caller's to manage. */
+static void discard_child(pid_t pid, int pidfd)
+{
+    if (pidfd >= 0)
+        nsbox_pidfd_send_signal(pidfd, SIGKILL);
+    while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR)
+        ;
+    if (pidfd >= 0)
+        close(pidfd);
+}
+
+static int do_spawn(const struct nsbox_spawn_req *r, struct nsbox_spawn_result *res)
+{
+    int status[2] = {-1, -1}, sync[2] = {-1, -1};
+    int pidfd = -1, rc = -1;
+    int need_sync = (r->new_flags & CLONE_NEWUSER) && (r->uid_map || r->gid_map);
+    struct spawn_ctx ctx;
+    void *stack;
+    pid_t pid;
+
+    res->pid = -1;
+    res->pidfd = -1;
+    res->err = 0;
+    res->stage[0] = 0;
+
+    if (r->join_pidfd >= 0 && (r->join_flags & CLONE_NEWPID)) {
+        /* Children of this (helper) thread are born in the pod's PID ns. */
+        if (setns(r->join_pidfd, CLONE_NEWPID) < 0) {
+            set_error(res, "setns pid", errno);
+            return -1;
+        }
+    }
+    if (pipe2(status, O_CLOEXEC) < 0) {
+        set_error(res, "pipe", errno);
+        return -1;
+    }
+    if (need_sync && pipe2(sync, O_CLOEXEC) < 0) {
+        set_error(res, "pipe", errno);
+        goto out;
+    }
+    stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) {
+        set_error(res, "mmap child stack", errno);
+        goto out;
+    }
+
+    ctx.req = r;
+    ctx.res = res;
+    ctx.status_wr = status[1];
+    ctx.sync_rd = sync[0];
+    pid = clone(child_main, (char *)stack + CHILD_STACK_SIZE,
+                CLONE_VM | CLONE_PIDFD | r->new_flags | SIGCHLD, &ctx, &pidfd);
+    if (pid < 0) {
+        set_error(res, "clone", errno);
+        munmap(stack, CHILD_STACK_SIZE);
+        goto out;
+    }
+    close(status[1]);
+    status[1] = -1;
+
+    if (need_sync) {
+        close(sync[0]);
+        sync[0] = -1;
+        if (write_id_maps(r, pid, res) < 0) {
+            discard_child(pid, pidfd);
+            munmap(stack, CHILD_STACK_SIZE);
+            goto out;
+        }
+        if (write(sync[1], "G", 1) != 1) {
+            set_error(res, "release child", errno);
+            discard_child(pid, pidfd);
+            munmap(stack, CHILD_STACK_SIZE);
+            goto out;
+        }
+    }
+
+    /* Wait for: EOF (exec done), 'R' (program ready) or an error record. */
+    {
+        struct child_error e;
+        size_t got = 0;
+        for (;;) {
+            ssize_t n = read(status[0], (char *)&e + got, sizeof(e) - got);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+            if (e.tag == 'R' || got == sizeof(e))
+                break;
+        }
+        if (got > 0 && e.tag == 'R' && r->ready_fd >= 0) {
+            rc = 0;
+        } else if (got == sizeof(e) && e.tag == 'E') {
+            e.stage[sizeof(e.stage) - 1] = 0;
+            set_error(res, e.stage, e.err);
+        } else if (r->ready_fd >= 0) {
+            set_error(res, "wait for ready", got ? EPROTO : ECHILD);
+        } else if (got == 0) {
+            rc = 0;
+        } else {
+            set_error(res, "read status", EPROTO);
+        }
+    }
+    if (rc < 0) {
+        /* The child must be gone before its stack is unmapped. */
+        discard_child(pid, pidfd);
+        pidfd = -1;
+    }
+    munmap(stack, CHILD_STACK_SIZE);
+    if (rc == 0) {
+        res->pid = pid;
+        res->pidfd = pidfd;
+    }
+out:
+    for (int i = 0; i < 2; i++) {
+        if (status[i] >= 0)
+            close(status[i]);
+        if (sync[i] >= 0)
+            close(sync[i]);
+    }
+    return rc;
+}
+
+struct thread_args {
+    const struct nsbox_spawn_req *req;
+    struct nsbox_spawn_result *res;
+    int rc;
+};
+
+static void *spawn_thread(void *arg)
+{
+    struct thread_args *ta = arg;
+    ta->rc = do_spawn(ta->req, ta->res);
+    return NULL;
+}
+
+int nsbox_spawn(const struct nsbox_spawn_req *r, struct nsbox_spawn_result *res)
+{
+    sigset_t all, old;
+    int rc;
+
+    /* No signal handler may run in the child while it shares our memory. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    if (r->join_pidfd >= 0 && (r->join_flags & CLONE_NEWPID)) {
+        /* setns(CLONE_NEWPID) is per thread and one-way for its children:
+         * do it on a helper thread that dies right after. */
+        struct thread_args ta = {r, res, -1};
+        pthread_t t;
+        int e = pthread_create(&t, NULL, spawn_thread, &ta);
+        if (e) {
+            set_error(res, "pthread_create", e);
+            rc = -1;
+        } else {
+            pthread_join(t, NULL);
+            rc = ta.rc;
+        }
+    } else {
+        rc = do_spawn(r, res);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc < 0)
+        errno = res->err;
+    return rc;
+}

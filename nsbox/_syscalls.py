@@ -1,0 +1,145 @@
+"""Thin wrappers around the cffi module: validate, call, turn errno into OSError.
+
+Nothing else in nsbox touches ``nsbox._native._nsbox`` directly.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ._native._nsbox import ffi, lib
+
+__all__ = ["pidfd_open", "pidfd_send_signal", "setns", "unshare", "SpawnRequest", "SpawnFailed", "spawn"]
+
+
+def _raise(path: object = None) -> None:
+    err = ffi.errno
+    if path is None:
+        raise OSError(err, os.strerror(err))
+    raise OSError(err, os.strerror(err), path)
+
+
+def pidfd_open(pid: int) -> int:
+    """A close-on-exec pidfd for ``pid``; ProcessLookupError if it does not exist."""
+    fd = lib.nsbox_pidfd_open(pid, 0)
+    if fd < 0:
+        _raise()
+    return fd
+
+
+def pidfd_send_signal(pidfd: int, sig: int) -> None:
+    if lib.nsbox_pidfd_send_signal(pidfd, sig) < 0:
+        _raise()
+
+
+def setns(fd: int, nstype: int) -> None:
+    if lib.nsbox_setns(fd, nstype) < 0:
+        _raise()
+
+
+def unshare(flags: int) -> None:
+    if lib.nsbox_unshare(flags) < 0:
+        _raise()
+
+
+@dataclass
+class SpawnRequest:
+    """Everything the native child needs; see nsbox/_native/nsbox.h."""
+
+    exec_paths: Sequence[bytes]
+    argv: Sequence[bytes]
+    envp: Optional[Sequence[bytes]] = None
+    new_flags: int = 0
+    join_pidfd: int = -1
+    join_flags: int = 0
+    hostname: Optional[bytes] = None
+    loopback_up: bool = False
+    mount_proc: bool = False
+    uid_map: Optional[bytes] = None
+    gid_map: Optional[bytes] = None
+    cwd: Optional[bytes] = None
+    stdio: tuple[int, int, int] = (-1, -1, -1)
+    extra_fd_src: int = -1
+    extra_fd_dst: int = -1
+    ready_fd: int = -1
+    keep_fds: Sequence[int] = field(default_factory=tuple)
+    setsid: bool = False
+    pgid: int = -1
+    umask: int = -1
+    uid: int = -1
+    gid: int = -1
+    groups: Optional[Sequence[int]] = None
+
+
+class SpawnFailed(Exception):
+    """Raised by :func:`spawn`: ``stage`` is the step that failed, ``errno`` its errno."""
+
+    def __init__(self, stage: str, err: int):
+        super().__init__(stage, err)
+        self.stage = stage
+        self.errno = err
+
+
+def _strings(items: Sequence[bytes], keep: list) -> object:
+    cells = [ffi.new("char[]", bytes(s)) for s in items]
+    array = ffi.new("char *[]", cells + [ffi.NULL])
+    keep.extend(cells)
+    keep.append(array)  # a struct field does not keep its cdata alive
+    return array
+
+
+def _opt(value: Optional[bytes], keep: list) -> object:
+    if value is None:
+        return ffi.NULL
+    cell = ffi.new("char[]", value)
+    keep.append(cell)
+    return cell
+
+
+def spawn(r: SpawnRequest) -> tuple[int, int]:
+    """Clone and exec as described by ``r``; returns ``(pid, pidfd)``.
+
+    Raises :class:`SpawnFailed` when a step fails; the child is then already
+    reaped and nothing is left open.
+    """
+    keep: list = []
+    req = ffi.new("struct nsbox_spawn_req *")
+    req.exec_paths = _strings(r.exec_paths, keep)
+    req.argv = _strings(r.argv, keep)
+    req.envp = _strings(r.envp, keep) if r.envp is not None else ffi.NULL
+    req.new_flags = r.new_flags
+    req.join_pidfd = r.join_pidfd
+    req.join_flags = r.join_flags
+    req.hostname = _opt(r.hostname, keep)
+    req.loopback_up = int(r.loopback_up)
+    req.mount_proc = int(r.mount_proc)
+    req.uid_map = _opt(r.uid_map, keep)
+    req.gid_map = _opt(r.gid_map, keep)
+    req.cwd = _opt(r.cwd, keep)
+    req.stdio = list(r.stdio)
+    req.extra_fd_src = r.extra_fd_src
+    req.extra_fd_dst = r.extra_fd_dst
+    req.ready_fd = r.ready_fd
+    keep_fds = sorted(set(int(fd) for fd in r.keep_fds))
+    kf = ffi.new("int[]", keep_fds or [0])
+    keep.append(kf)
+    req.keep_fds = kf
+    req.n_keep = len(keep_fds)
+    req.setsid = int(r.setsid)
+    req.pgid = r.pgid
+    req.umask = r.umask
+    req.uid = r.uid
+    req.gid = r.gid
+    if r.groups is None:
+        req.n_groups = -1
+    else:
+        groups = ffi.new("unsigned int[]", list(r.groups) or [0])
+        keep.append(groups)
+        req.groups = groups
+        req.n_groups = len(r.groups)
+    res = ffi.new("struct nsbox_spawn_result *")
+    if lib.nsbox_spawn(req, res) < 0:
+        raise SpawnFailed(ffi.string(res.stage).decode(), res.err)
+    return res.pid, res.pidfd

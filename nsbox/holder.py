@@ -1,0 +1,95 @@
+"""Starting the holder: the native init that is PID 1 of a pod.
+
+The holder is exec'd (never a forked Python interpreter), created by one
+clone() with all the pod's new namespaces, and configured before exec by the
+native child (hostname, ``lo`` up, private mounts and /proc).  It is tied to
+the lifetime of the creating *process* through a pidfd it polls: when the
+creator exits for any reason, even SIGKILL, the holder exits and the kernel
+kills everything left in the pod's PID namespace.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Optional
+
+from . import _syscalls
+from .kinds import KINDS, flags_of
+
+__all__ = ["INIT_PATH", "start_holder", "creator_pidfd"]
+
+INIT_PATH = Path(__file__).resolve().parent / "_native" / "nsbox-init"
+
+_READY_FD = 3
+_CREATOR_FD = 4
+
+_creator_lock = threading.Lock()
+_creator: Optional[tuple[int, int]] = None  # (pid, pidfd of this process)
+
+
+def _forget_creator() -> None:
+    """After fork: the child is a new creator; drop the parent's pidfd."""
+    global _creator
+    if _creator is not None:
+        try:
+            os.close(_creator[1])
+        except OSError:
+            pass
+    _creator = None
+
+
+os.register_at_fork(after_in_child=_forget_creator)
+
+
+def creator_pidfd() -> int:
+    """A pidfd on this process, opened once and shared by all its holders."""
+    global _creator
+    with _creator_lock:
+        pid = os.getpid()
+        if _creator is None or _creator[0] != pid:
+            _creator = (pid, _syscalls.pidfd_open(pid))
+        return _creator[1]
+
+
+def start_holder(
+    kinds: tuple[str, ...],
+    *,
+    hostname: Optional[str] = None,
+    mount_proc: bool = False,
+    uid_map: Optional[str] = None,
+    gid_map: Optional[str] = None,
+    verbose: bool = False,
+) -> tuple[int, int]:
+    """Start nsbox-init in new ``kinds`` namespaces and wait until it is ready.
+
+    Returns ``(pid, pidfd)``.  Raises :class:`nsbox._syscalls.SpawnFailed`.
+    """
+    init = os.fsencode(INIT_PATH)
+    argv = [init, b"-r", str(_READY_FD).encode(), b"-p", str(_CREATOR_FD).encode()]
+    if "pid" not in kinds:
+        argv.append(b"-s")  # not PID 1: a quiet child subreaper
+    if verbose:
+        argv.append(b"-w")
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        return _syscalls.spawn(
+            _syscalls.SpawnRequest(
+                exec_paths=[init],
+                argv=argv,
+                envp=[],
+                new_flags=flags_of(k for k in kinds if k in KINDS),
+                hostname=hostname.encode() if hostname is not None else None,
+                loopback_up="net" in kinds,
+                mount_proc=mount_proc,
+                uid_map=uid_map.encode() if uid_map is not None else None,
+                gid_map=gid_map.encode() if gid_map is not None else None,
+                cwd=b"/",
+                stdio=(devnull, devnull, -1),
+                extra_fd_src=creator_pidfd(),
+                extra_fd_dst=_CREATOR_FD,
+                ready_fd=_READY_FD,
+            )
+        )
+    finally:
+        os.close(devnull)

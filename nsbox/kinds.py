@@ -1,0 +1,69 @@
+"""Namespace kinds: their names, clone flags and /proc names."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Union
+
+from .errors import KindError
+
+__all__ = ["KINDS", "DEFAULT_KINDS", "KindsArg", "parse_kinds", "flags_of"]
+
+# name -> CLONE_NEW* flag (linux/sched.h).  Order is the canonical order.
+KINDS: dict[str, int] = {
+    "user": 0x10000000,
+    "mnt": 0x00020000,
+    "pid": 0x20000000,
+    "net": 0x40000000,
+    "ipc": 0x08000000,
+    "uts": 0x04000000,
+    "cgroup": 0x02000000,
+    "time": 0x00000080,
+}
+CLONE_FS = 0x00000200
+
+DEFAULT_KINDS: tuple[str, ...] = ("net", "ipc", "uts", "pid")
+
+_ALIASES = {"mount": "mnt", "network": "net", "ns": None}
+
+KindsArg = Union[str, Iterable[str]]
+
+
+def parse_kinds(kinds: KindsArg, *, allow_empty: bool = False) -> tuple[str, ...]:
+    """Validate ``kinds`` (a name, or an iterable of names) and return them
+    deduplicated in canonical order.
+
+    >>> parse_kinds(("uts", "net", "net"))
+    ('net', 'uts')
+    """
+    if isinstance(kinds, str):
+        names = [kinds]
+    else:
+        try:
+            names = list(kinds)
+        except TypeError:
+            raise KindError(
+                f"kinds must be a string or an iterable of strings, not {type(kinds).__name__}"
+            ) from None
+    seen = set()
+    for name in names:
+        if not isinstance(name, str):
+            raise KindError(f"namespace kind must be a string, not {type(name).__name__}: {name!r}")
+        if name not in KINDS:
+            hint = ""
+            if _ALIASES.get(name):
+                hint = f" (did you mean {_ALIASES[name]!r}?)"
+            raise KindError(
+                f"unknown namespace kind {name!r}{hint}; valid kinds are: {', '.join(KINDS)}"
+            )
+        seen.add(name)
+    if not seen and not allow_empty:
+        raise KindError(f"no namespace kind given; valid kinds are: {', '.join(KINDS)}")
+    return tuple(k for k in KINDS if k in seen)
+
+
+def flags_of(kinds: Iterable[str]) -> int:
+    """The OR of the CLONE_NEW* flags of already-validated ``kinds``."""
+    flags = 0
+    for k in kinds:
+        flags |= KINDS[k]
+    return flags

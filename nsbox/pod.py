@@ -1,0 +1,516 @@
+"""``Pod``: a holder plus the processes that join it, with one lifecycle.
+
+``Pod.start()`` → holder (new namespaces, hostname, ``lo`` up) → ready.
+``Pod.spawn()`` → native child joins the holder's namespaces → exec.
+``Pod.stop()`` → SIGTERM to every member, SIGKILL after ``timeout``, holder
+ends, everything reaped.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Optional, Union
+
+from . import _syscalls
+from .errors import ConfigError, NotRunningError, PodStartError, PrivilegeError, UnsupportedError, namespace_error
+from .holder import start_holder
+from .kinds import DEFAULT_KINDS, KINDS, KindsArg, flags_of, parse_kinds
+from .namespaces import Namespace, joined as _joined
+from .spawn import PodProcess, check_popen_kwargs, pid_is_alive, wait_any
+
+__all__ = ["Pod"]
+
+IdMap = Union[str, Sequence[tuple[int, int, int]]]
+
+_HOSTNAME_MAX = 64
+# How long stop() waits for the holder after it was told to exit, before SIGKILL.
+_HOLDER_GRACE = 5.0
+
+
+class Pod:
+    """A set of namespaces held open by a tiny init process (the holder).
+
+    ::
+
+        with nsbox.Pod(hostname="web-0") as pod:
+            pod.run(["hostname"])          # web-0, in the pod's net/ipc/uts/pid
+            server = pod.spawn(["my-server"])
+
+    Arguments (all validated before anything is created):
+
+    kinds
+        Namespaces the pod creates: any of ``user mnt pid net ipc uts cgroup``.
+        Default ``("net", "ipc", "uts", "pid")``, like a Kubernetes pod with
+        ``shareProcessNamespace``.
+    hostname
+        Host name inside the pod (needs ``"uts"``).
+    mount_proc
+        Mount a fresh ``/proc`` so ``ps`` in the pod sees only the pod.  Needs
+        ``"mnt"``; default: on when both ``"mnt"`` and ``"pid"`` are present.
+    uid_map, gid_map
+        With ``"user"``: the id mappings, as ``/proc/PID/uid_map`` text or a
+        list of ``(inside, outside, count)``.  Default maps 0..65535 inside to
+        the same ids outside for root, or root inside to your own id.
+    """
+
+    def __init__(
+        self,
+        kinds: KindsArg = DEFAULT_KINDS,
+        *,
+        hostname: Optional[str] = None,
+        mount_proc: Optional[bool] = None,
+        uid_map: Optional[IdMap] = None,
+        gid_map: Optional[IdMap] = None,
+    ):
+        self.kinds: tuple[str, ...] = parse_kinds(kinds)
+        if "time" in self.kinds:
+            raise UnsupportedError(
+                "the 'time' kind is not supported for pods: a new time namespace applies only to "
+                "the children of the process that creates it and must be configured before any "
+                "of them starts, so the holder cannot hold one for its members"
+            )
+        self.hostname = _check_hostname(hostname, self.kinds)
+        if mount_proc is None:
+            mount_proc = "mnt" in self.kinds and "pid" in self.kinds
+        elif mount_proc and "mnt" not in self.kinds:
+            raise ConfigError("mount_proc=True needs the 'mnt' kind (a private mount namespace)")
+        self.mount_proc = bool(mount_proc)
+        if (uid_map is not None or gid_map is not None) and "user" not in self.kinds:
+            raise ConfigError("uid_map/gid_map need the 'user' kind")
+        self._uid_map = self._gid_map = None
+        if "user" in self.kinds:
+            self._uid_map = _format_id_map("uid_map", uid_map, os.geteuid())
+            self._gid_map = _format_id_map("gid_map", gid_map, os.getegid())
+        self._lock = threading.RLock()
+        self._state = "new"  # new -> running -> stopped
+        self._pid: Optional[int] = None
+        self._pidfd = -1
+        self._returncode: Optional[int] = None
+        self._members: list[PodProcess] = []
+        self._inodes: dict[str, int] = {}
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def start(self) -> "Pod":
+        """Create the namespaces and the holder; return when the pod is ready.
+
+        On failure nothing is left behind and the error says which step failed.
+        """
+        with self._lock:
+            if self._state != "new":
+                raise ConfigError(f"pod was already started ({self._state}); create a new Pod")
+            if "user" not in self.kinds:
+                _check_privilege(self.kinds)
+            try:
+                pid, pidfd = start_holder(
+                    self.kinds,
+                    hostname=self.hostname,
+                    mount_proc=self.mount_proc,
+                    uid_map=self._uid_map,
+                    gid_map=self._gid_map,
+                )
+            except _syscalls.SpawnFailed as f:
+                raise _start_error(f, self.kinds) from None
+            self._pid, self._pidfd = pid, pidfd
+            self._state = "running"
+            try:
+                self._after_start()
+            except BaseException:
+                self._rollback()
+                raise
+            return self
+
+    def _after_start(self) -> None:
+        """Steps that need a running holder; any exception rolls the pod back."""
+        for k in self.kinds:
+            self._inodes[k] = os.stat(f"/proc/{self._pid}/ns/{k}").st_ino
+
+    def _rollback(self) -> None:
+        self._kill_holder(signal.SIGKILL)
+        self._reap_holder(None)
+        self._finish()
+
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
+        """Stop the pod; idempotent.  Returns the holder's exit status.
+
+        Every member gets SIGTERM; those still alive after ``timeout`` seconds
+        get SIGKILL (with a PID namespace: by the holder's exit, which makes the
+        kernel kill the whole namespace).  Returns only when every member and
+        the holder are dead and reaped.
+        """
+        if timeout is None or timeout < 0:
+            raise ConfigError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        with self._lock:
+            if self._state == "new":
+                self._state = "stopped"
+                return None
+            if self._state == "stopped":
+                return self._returncode
+            deadline = time.monotonic() + timeout
+            if self.alive:
+                self._terminate_members(deadline)
+                self._kill_holder(signal.SIGTERM)
+                if not self._reap_holder(time.monotonic() + _HOLDER_GRACE):
+                    self._kill_holder(signal.SIGKILL)
+            self._reap_holder(None)
+            self._finish()
+            return self._returncode
+
+    def _terminate_members(self, deadline: float) -> None:
+        members = self._open_members()
+        try:
+            for fd in members:
+                _signal_quietly(fd, signal.SIGTERM)
+            pending = list(members)
+            while pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                done = wait_any(pending, min(left, 0.05))
+                self._reap_members()
+                pending = [fd for fd in pending if fd not in done]
+            if "pid" not in self.kinds:
+                # No PID namespace: the holder's exit kills nobody; we must.
+                for fd in pending:
+                    _signal_quietly(fd, signal.SIGKILL)
+        finally:
+            for fd in members:
+                os.close(fd)
+
+    def _open_members(self) -> list[int]:
+        """pidfds of every process of the pod we can find, holder excluded:
+        the holder's descendants and the spawned processes' descendants."""
+        roots = [self._pid] + [p.pid for p in self._members if p.returncode is None]
+        seen: set[int] = set()
+        fds: list[int] = []
+        stack = list(roots)
+        kind = "pid" if "pid" in self.kinds else self.kinds[0]
+        inode = self._inodes.get(kind)
+        while stack:
+            pid = stack.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            stack.extend(_children(pid))
+            if pid == self._pid:
+                continue
+            try:
+                fd = _syscalls.pidfd_open(pid)
+            except OSError:
+                continue
+            # The PID could have been reused before pidfd_open: keep it only if
+            # it is in the pod (checked after the pidfd pins the process).
+            try:
+                same = os.stat(f"/proc/{pid}/ns/{kind}").st_ino == inode
+            except OSError:
+                same = False
+            if same:
+                fds.append(fd)
+            else:
+                os.close(fd)
+        return fds
+
+    def _reap_members(self) -> None:
+        for p in self._members:
+            if p.returncode is None:
+                p.poll()
+        self._members = [p for p in self._members if p.returncode is None]
+
+    def _kill_holder(self, sig: int) -> None:
+        if self._pidfd >= 0:
+            _signal_quietly(self._pidfd, sig)
+
+    def _reap_holder(self, deadline: Optional[float]) -> bool:
+        """Wait for the holder to exit and reap it, reaping members meanwhile
+        (a PID namespace's init cannot finish exiting while members that are
+        our children are unreaped zombies).  False if ``deadline`` passed."""
+        if self._returncode is not None or self._pidfd < 0:
+            return True
+        while True:
+            self._reap_members()
+            fds = [self._pidfd] + [p.pidfd for p in self._members if p.pidfd >= 0]
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            wait_any(fds, 0.05 if left is None else min(left, 0.05))
+            if not pid_is_alive(self._pidfd):
+                break
+        try:
+            info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
+        except ChildProcessError:
+            self._returncode = -1  # reaped by someone else (waitpid(-1) elsewhere)
+            return True
+        assert info is not None
+        if info.si_code == os.CLD_EXITED:
+            self._returncode = info.si_status
+        else:
+            self._returncode = -info.si_status
+        return True
+
+    def _finish(self) -> None:
+        self._reap_members()
+        if self._pidfd >= 0:
+            fd, self._pidfd = self._pidfd, -1
+            os.close(fd)
+        self._state = "stopped"
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """Wait for the holder to exit (it does on SIGTERM/SIGINT, or when
+        stopped); return its exit status.  Raises subprocess.TimeoutExpired."""
+        with self._lock:
+            if self._state == "new":
+                raise NotRunningError(errno.ESRCH, "pod was never started")
+            if self._state == "running":
+                deadline = None if timeout is None else time.monotonic() + timeout
+                if not self._reap_holder(deadline):
+                    raise subprocess.TimeoutExpired(["nsbox-init"], timeout or 0)
+                self._finish()
+            assert self._returncode is not None
+            return self._returncode
+
+    @property
+    def alive(self) -> bool:
+        """True while the holder runs."""
+        with self._lock:
+            return self._state == "running" and pid_is_alive(self._pidfd)
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The holder's PID as the host sees it (None before start)."""
+        return self._pid
+
+    @property
+    def pidfd(self) -> int:
+        """A pidfd on the holder, or -1 when not running.  Owned by the pod."""
+        return self._pidfd
+
+    @property
+    def returncode(self) -> Optional[int]:
+        """The holder's exit status once reaped (negative: killed by that signal)."""
+        return self._returncode
+
+    def namespace(self, kind: str) -> Namespace:
+        """A new handle on one of the pod's namespaces (close it when done)."""
+        self._require_running()
+        if kind not in self.kinds:
+            parse_kinds(kind)
+            raise ConfigError(f"the pod has no {kind!r} namespace; its kinds are {', '.join(self.kinds)}")
+        ns = Namespace.from_pid(self._pid, kind)  # type: ignore[arg-type]
+        if not pid_is_alive(self._pidfd):
+            ns.close()
+            raise NotRunningError(errno.ESRCH, f"{self!r}: the holder has exited")
+        return ns
+
+    def inode(self, kind: str) -> int:
+        """The inode number of the pod's ``kind`` namespace (as in ``/proc/PID/ns``)."""
+        try:
+            return self._inodes[kind]
+        except KeyError:
+            parse_kinds(kind)
+            raise ConfigError(f"the pod has no {kind!r} namespace; its kinds are {', '.join(self.kinds)}") from None
+
+    # ---- members -----------------------------------------------------------
+
+    def spawn(self, args: Any, *, kinds: Optional[KindsArg] = None, **popen_kwargs: Any) -> subprocess.Popen:
+        """Start ``args`` inside the pod; returns a :class:`subprocess.Popen`.
+
+        Takes the keywords of ``subprocess.Popen`` (except ``preexec_fn`` and
+        ``close_fds=False``) plus ``kinds``: the pod namespaces to join
+        (default: all of them).  The process inherits no fd but 0, 1, 2 and
+        ``pass_fds``, starts with default signal handling and an empty signal
+        mask, and is stopped with the pod.
+        """
+        join = self._join_kinds(kinds)
+        check_popen_kwargs(popen_kwargs)
+        with self._lock:
+            self._require_running()
+            self._reap_members()
+            proc = PodProcess(
+                args, _join_pidfd=self._pidfd, _join_flags=flags_of(join), _desc=repr(self), **popen_kwargs
+            )
+            self._members.append(proc)
+            return proc
+
+    def run(
+        self,
+        args: Any,
+        *,
+        input: Any = None,
+        capture_output: bool = False,
+        timeout: Optional[float] = None,
+        check: bool = False,
+        kinds: Optional[KindsArg] = None,
+        **popen_kwargs: Any,
+    ) -> subprocess.CompletedProcess:
+        """Run ``args`` inside the pod and wait, like :func:`subprocess.run`."""
+        if input is not None:
+            if popen_kwargs.get("stdin") is not None:
+                raise ValueError("stdin and input arguments may not both be used.")
+            popen_kwargs["stdin"] = subprocess.PIPE
+        if capture_output:
+            if popen_kwargs.get("stdout") is not None or popen_kwargs.get("stderr") is not None:
+                raise ValueError("stdout and stderr arguments may not be used with capture_output.")
+            popen_kwargs["stdout"] = subprocess.PIPE
+            popen_kwargs["stderr"] = subprocess.PIPE
+        with self.spawn(args, kinds=kinds, **popen_kwargs) as process:
+            try:
+                stdout, stderr = process.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired as exc:
+                process.kill()
+                exc.stdout, exc.stderr = process.communicate()
+                raise
+            except BaseException:
+                process.kill()
+                raise
+            retcode = process.poll()
+            assert retcode is not None
+            if check and retcode:
+                raise subprocess.CalledProcessError(retcode, process.args, output=stdout, stderr=stderr)
+        return subprocess.CompletedProcess(process.args, retcode, stdout, stderr)
+
+    @contextmanager
+    def joined(self, *kinds: str) -> Iterator["Pod"]:
+        """Run the ``with`` body on the calling thread inside the pod's
+        namespaces (default: all but ``user``), then go back.
+
+        See :func:`nsbox.joined` for the per-thread rules.
+        """
+        join = self._join_kinds(kinds or None, for_thread=True)
+        self._require_running()
+        with _joined(self, join):
+            yield self
+
+    def _join_kinds(self, kinds: Optional[KindsArg], for_thread: bool = False) -> tuple[str, ...]:
+        if kinds is None:
+            return tuple(k for k in self.kinds if not (for_thread and k == "user"))
+        join = parse_kinds(kinds)
+        extra = [k for k in join if k not in self.kinds]
+        if extra:
+            raise ConfigError(
+                f"the pod has no {', '.join(map(repr, extra))} namespace; its kinds are {', '.join(self.kinds)}"
+            )
+        return join
+
+    def _require_running(self) -> None:
+        if self._state != "running":
+            what = "was never started (call start() or use 'with')" if self._state == "new" else "is stopped"
+            raise NotRunningError(errno.ESRCH, f"{self!r} {what}")
+
+    # ---- protocol ----------------------------------------------------------
+
+    def __enter__(self) -> "Pod":
+        if self._state == "new":
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        host = f" hostname={self.hostname!r}" if self.hostname else ""
+        pid = f" pid={self._pid}" if self._pid is not None else ""
+        return f"<nsbox.Pod {self._state}{pid} kinds={','.join(self.kinds)}{host}>"
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) == "running":
+            warnings.warn(f"{self!r} was never stopped; stopping it now", ResourceWarning, source=self)
+            try:
+                self.stop(timeout=0)
+            except Exception:
+                pass
+
+
+# ---- helpers -----------------------------------------------------------------
+
+
+def _check_hostname(hostname: Optional[str], kinds: tuple[str, ...]) -> Optional[str]:
+    if hostname is None:
+        return None
+    if not isinstance(hostname, str):
+        raise ConfigError(f"hostname must be a str, not {type(hostname).__name__}")
+    if "uts" not in kinds:
+        raise ConfigError("hostname needs the 'uts' kind (a UTS namespace of the pod's own)")
+    raw = hostname.encode("utf-8", "surrogateescape")
+    if not raw or len(raw) > _HOSTNAME_MAX:
+        raise ConfigError(f"hostname must be 1 to {_HOSTNAME_MAX} bytes long, got {len(raw)}: {hostname!r}")
+    if any(c.isspace() or not c.isprintable() for c in hostname):
+        raise ConfigError(f"hostname must not contain whitespace or control characters: {hostname!r}")
+    return hostname
+
+
+def _format_id_map(name: str, value: Optional[IdMap], own_id: int) -> str:
+    if value is None:
+        value = [(0, 0, 65536)] if own_id == 0 else [(0, own_id, 1)]
+    if isinstance(value, str):
+        lines = [line.split() for line in value.strip().splitlines()]
+    else:
+        try:
+            lines = [list(t) for t in value]
+        except TypeError:
+            raise ConfigError(f"{name} must be a string or a list of (inside, outside, count)") from None
+    if not lines:
+        raise ConfigError(f"{name} is empty")
+    out = []
+    for entry in lines:
+        try:
+            inside, outside, count = (int(x) for x in entry)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: each entry must be 'inside outside count' integers, got {entry!r}") from None
+        if min(inside, outside) < 0 or count <= 0 or max(inside, outside) + count > 2**32:
+            raise ConfigError(f"{name}: entry {entry!r} is out of range")
+        out.append(f"{inside} {outside} {count}")
+    return "\n".join(out) + "\n"
+
+
+def _check_privilege(kinds: tuple[str, ...]) -> None:
+    try:
+        import prctl
+    except ImportError:  # pragma: no cover - python-prctl is a dependency
+        return
+    if not prctl.cap_effective.sys_admin:
+        raise PrivilegeError(
+            errno.EPERM,
+            f"creating the {', '.join(kinds)} namespaces needs CAP_SYS_ADMIN, which this process "
+            "lacks: run as root, or add the 'user' kind for an unprivileged pod",
+        )
+
+
+def _start_error(f: _syscalls.SpawnFailed, kinds: tuple[str, ...]) -> BaseException:
+    if f.stage == "clone":
+        return namespace_error(f.errno, f"creating the {', '.join(kinds)} namespaces")
+    if f.stage == "exec" or f.stage == "wait for ready":
+        return PodStartError(
+            f.errno,
+            f"the holder program could not start ({f.stage}: {os.strerror(f.errno)}); "
+            "reinstall nsbox so that nsbox/_native/nsbox-init is built",
+        )
+    return PodStartError(f.errno, f"starting the pod failed at '{f.stage}': {os.strerror(f.errno)}")
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def _signal_quietly(pidfd: int, sig: int) -> None:
+    try:
+        _syscalls.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,82 @@
+"""Shared fixtures.  Tests run as root against the real kernel: no mocks.
+
+Leak checks:
+- after every test: no new nsbox-init process survives (they are found by
+  their executable and killed one by one, by PID, after the test is failed);
+- at the end of the session: no child process of the test runner and no
+  file descriptor opened during the session is left.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import time
+
+import pytest
+
+import nsbox
+from helpers import children_of_self, holder_pids, proc_state, wait_until
+
+if os.geteuid() != 0:
+    pytest.skip("nsbox tests need root (real namespaces)", allow_module_level=True)
+
+
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_leak_check():
+    # The creator pidfd is cached per process: open it before measuring.
+    nsbox.holder.creator_pidfd()
+    fds_before = _open_fds()
+    yield
+    gc.collect()
+    problems = []
+    kids = children_of_self()
+    for pid in kids:
+        problems.append(f"child process {pid} ({proc_state(pid)}) left running or unreaped")
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+    leaked = _open_fds() - fds_before
+    # The fd that listed /proc/self/fd is gone again by now; anything else leaked.
+    leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
+    if leaked:
+        problems.append(
+            "file descriptors leaked: "
+            + ", ".join(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}" for fd in sorted(leaked))
+        )
+    if problems:
+        pytest.fail("session leak check failed:\n" + "\n".join(problems), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_holders():
+    before = holder_pids()
+    yield
+    gc.collect()
+    # A holder whose pod was stopped is gone at once; give a killed creator's a moment.
+    left: set[int] = set()
+
+    def settled() -> bool:
+        nonlocal left
+        left = holder_pids() - before
+        return not left
+
+    if not wait_until(settled, timeout=3.0):
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pytest.fail(f"test left nsbox holders running: {sorted(left)}", pytrace=False)
+
+
+@pytest.fixture
+def pod():
+    with nsbox.Pod(hostname="nsbox-test") as p:
+        yield p

@@ -1,0 +1,64 @@
+"""Helpers shared by the tests (plain functions; fixtures live in conftest.py)."""
+from __future__ import annotations
+
+import os
+import time
+
+from nsbox.holder import INIT_PATH
+
+
+def holder_pids() -> set[int]:
+    """PIDs of every running nsbox-init on the machine."""
+    out = set()
+    target = os.path.realpath(INIT_PATH)
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.readlink(f"/proc/{name}/exe") == target:
+                    out.add(int(name))
+            except OSError:
+                pass
+    return out
+
+
+def children_of_self() -> list[int]:
+    out = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def pids_in_ns(kind: str, inode: int) -> list[int]:
+    """Every process (host view) whose ``kind`` namespace has ``inode``."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}/ns/{kind}").st_ino == inode:
+                    out.append(int(name))
+            except OSError:
+                pass
+    return out
+
+
+def proc_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
