@@ -62,3 +62,17 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+def run_python(script: str, *args: str, timeout: float = 60):
+    """Run ``script`` in a fresh interpreter of this venv.
+
+    cwd is ``/`` so that the source tree cannot shadow the installed nsbox
+    (``python -c`` puts the cwd first on sys.path).
+    """
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout, cwd="/"
+    )

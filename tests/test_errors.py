@@ -1,0 +1,117 @@
+"""Bad input and failures: clear nsbox errors, nothing half-built."""
+import textwrap
+
+import pytest
+
+import nsbox
+from helpers import holder_pids, run_python
+
+
+@pytest.mark.parametrize("kinds", [("net", "bogus"), "network", 42, [], ["net", 3]])
+def test_bad_kinds(kinds):
+    with pytest.raises(nsbox.KindError) as e:
+        nsbox.Pod(kinds=kinds)
+    assert isinstance(e.value, ValueError) and isinstance(e.value, nsbox.NsboxError)
+
+
+def test_unknown_kind_lists_the_valid_ones():
+    with pytest.raises(nsbox.KindError, match="valid kinds are: user, mnt, pid, net, ipc, uts, cgroup, time"):
+        nsbox.Pod(kinds=("net", "netns"))
+    with pytest.raises(nsbox.KindError, match="did you mean 'mnt'"):
+        nsbox.Pod(kinds=("mount",))
+
+
+def test_time_kind_is_refused_with_a_reason():
+    with pytest.raises(nsbox.UnsupportedError, match="time"):
+        nsbox.Pod(kinds=("time", "pid"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(kinds=("net",), hostname="h"), "needs the 'uts' kind"),
+        (dict(hostname=""), "1 to 64 bytes"),
+        (dict(hostname="x" * 65), "1 to 64 bytes"),
+        (dict(hostname="a b"), "whitespace"),
+        (dict(hostname=b"h"), "must be a str"),
+        (dict(mount_proc=True), "needs the 'mnt' kind"),
+        (dict(uid_map="0 0 1"), "need the 'user' kind"),
+        (dict(kinds=("user",), uid_map="0 x 1"), "integers"),
+        (dict(kinds=("user",), uid_map=[(0, 0, 0)]), "out of range"),
+        (dict(kinds=("user",), gid_map=""), "empty"),
+    ],
+)
+def test_bad_pod_arguments(kwargs, match):
+    with pytest.raises(nsbox.ConfigError, match=match):
+        nsbox.Pod(**kwargs)
+
+
+def test_start_twice_and_bad_stop_timeout():
+    with nsbox.Pod() as pod:
+        with pytest.raises(nsbox.ConfigError, match="already started"):
+            pod.start()
+        with pytest.raises(nsbox.ConfigError, match="timeout"):
+            pod.stop(timeout=-1)
+    assert nsbox.Pod().stop() is None  # never started: nothing to do
+
+
+def test_failure_inside_the_new_namespaces_rolls_back():
+    # Overlapping uid_map ranges: the kernel refuses the map after the holder
+    # was cloned.  The half-made holder must be gone.
+    before = holder_pids()
+    with pytest.raises(nsbox.PodStartError, match="uid_map") as e:
+        nsbox.Pod(kinds=("user", "pid"), uid_map="0 0 10\n5 5 10").start()
+    assert isinstance(e.value, OSError) and e.value.errno == 22
+    assert holder_pids() == before
+
+
+def test_failure_after_the_holder_started_rolls_back(monkeypatch):
+    def boom(self):
+        raise RuntimeError("injected failure after start")
+
+    monkeypatch.setattr(nsbox.Pod, "_after_start", boom)
+    pod = nsbox.Pod()
+    before = holder_pids()
+    with pytest.raises(RuntimeError, match="injected"):
+        pod.start()
+    assert holder_pids() == before
+    assert not pod.alive and "stopped" in repr(pod)
+
+
+def test_without_cap_sys_admin():
+    script = textwrap.dedent(
+        """
+        import prctl, nsbox
+        prctl.cap_effective.sys_admin = False
+        try:
+            nsbox.Pod().start()
+        except nsbox.PrivilegeError as e:
+            assert isinstance(e, PermissionError)
+            print(e)
+        """
+    )
+    r = run_python(script)
+    assert r.returncode == 0, r.stderr
+    assert "needs CAP_SYS_ADMIN" in r.stdout and "run as root" in r.stdout
+
+
+def test_clone_eperm_maps_to_privilege_error():
+    # Past the up-front check (the 'user' kind skips it), a kernel EPERM still
+    # becomes a PrivilegeError: here creating a user namespace with a map that
+    # this capability-less process may not write.
+    script = textwrap.dedent(
+        """
+        import prctl, nsbox
+        for cap in ("sys_admin", "setuid", "setgid"):
+            setattr(prctl.cap_effective, cap, False)
+        try:
+            nsbox.Pod(kinds=("user", "net")).start()
+        except nsbox.NsboxError as e:
+            print(type(e).__name__, e)
+        else:
+            print("started")
+        """
+    )
+    r = run_python(script)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(("PodStartError", "PrivilegeError")), r.stdout
