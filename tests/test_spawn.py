@@ -3,10 +3,12 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
 import nsbox
+from helpers import run_python
 
 LIST_FDS = "import os; print(' '.join(sorted(os.listdir('/proc/self/fd'), key=int)))"
 
@@ -129,3 +131,27 @@ def test_spawn_outside_a_running_pod():
         pod.run(["true"])
     with pytest.raises(ProcessLookupError):  # the built-in it also is
         pod.run(["true"])
+
+
+def test_ignored_libc_internal_signals_are_reset_too():
+    # glibc's sigaction() refuses signals 32/33, so an inherited SIG_IGN on them
+    # needs the raw system call to clear.  Set one with that call, then spawn.
+    script = textwrap.dedent(
+        """
+        import ctypes, nsbox
+        libc = ctypes.CDLL(None, use_errno=True)
+        ksa = (ctypes.c_ulong * 4)(1, 0, 0, 0)           # handler = SIG_IGN
+        assert libc.syscall(13, 32, ksa, None, 8) == 0   # rt_sigaction (x86_64)
+        own = [l for l in open("/proc/self/status") if l.startswith("SigIgn")][0].split()[1]
+        with nsbox.Pod() as pod:
+            r = pod.run(["grep", "^SigIgn", "/proc/self/status"], capture_output=True, text=True)
+        print(own, r.stdout.split()[1])
+        """
+    )
+    if os.uname().machine != "x86_64":
+        pytest.skip("the raw rt_sigaction call in this test is x86_64's")
+    r = run_python(script)
+    assert r.returncode == 0, r.stderr
+    own, child = r.stdout.split()
+    assert int(own, 16) & (1 << 31)
+    assert child == "0000000000000000"

@@ -113,6 +113,31 @@ fail:
     return -1;
 }
 
+/*
+ * Set one signal to SIG_DFL.  The raw system call, because glibc's
+ * sigaction() refuses its internal signals (32, 33), and an inherited SIG_IGN
+ * on those must not reach the new program either.
+ */
+static void reset_signal(int sig)
+{
+#if defined(__x86_64__) || defined(__aarch64__)
+    struct {
+        void (*handler)(int);
+        unsigned long flags;
+        void (*restorer)(void);
+        unsigned long mask;
+    } ksa;
+    memset(&ksa, 0, sizeof(ksa));
+    ksa.handler = SIG_DFL;
+    syscall(SYS_rt_sigaction, sig, &ksa, NULL, sizeof(ksa.mask)); /* EINVAL for KILL/STOP */
+#else
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_DFL;
+    sigaction(sig, &sa, NULL);
+#endif
+}
+
 /* close_range() over [from, to), skipping nothing. */
 static void close_span(int from, int to)
 {
@@ -239,12 +264,8 @@ static int child_main(void *arg)
         child_fail(st, "setuid", errno);
 
     /* A clean signal state: default dispositions, nothing blocked. */
-    for (int sig = 1; sig < _NSIG; sig++) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof(sa));
-        sa.sa_handler = SIG_DFL;
-        sigaction(sig, &sa, NULL);   /* EINVAL for KILL/STOP/libc-internal: fine */
-    }
+    for (int sig = 1; sig < _NSIG; sig++)
+        reset_signal(sig);
     sigemptyset(&empty);
     sigprocmask(SIG_SETMASK, &empty, NULL);
 
