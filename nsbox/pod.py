@@ -154,8 +154,10 @@ class Pod:
             if self._state == "stopped":
                 return self._returncode
             deadline = time.monotonic() + timeout
+            # Members first, even if the holder is already gone (without a PID
+            # namespace its death does not take them along).
+            self._terminate_members(deadline)
             if self.alive:
-                self._terminate_members(deadline)
                 self._kill_holder(signal.SIGTERM)
                 if not self._reap_holder(time.monotonic() + _HOLDER_GRACE):
                     self._kill_holder(signal.SIGKILL)
@@ -255,7 +257,13 @@ class Pod:
         return True
 
     def _finish(self) -> None:
-        self._reap_members()
+        # With a PID namespace every member is dead once the holder is reaped;
+        # without one, members outlive the holder: a pod that ended takes them along.
+        for p in self._members:
+            if p.returncode is None:
+                p.kill()
+                p.wait()
+        self._members = []
         if self._pidfd >= 0:
             fd, self._pidfd = self._pidfd, -1
             os.close(fd)

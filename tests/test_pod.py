@@ -186,3 +186,21 @@ def test_pod_without_pid_kind_stops_its_members():
         p = pod.spawn([sys.executable, "-c", "import time; time.sleep(60)"])
         assert os.stat(f"/proc/{p.pid}/ns/net").st_ino == pod.inode("net")
     assert p.returncode == -signal.SIGTERM
+
+
+def test_pod_without_pid_kind_holder_killed_members_still_stopped():
+    pod = nsbox.Pod(kinds=("net",)).start()
+    p = pod.spawn(["sleep", "60"])
+    os.kill(pod.pid, signal.SIGKILL)
+    assert wait_until(lambda: not pod.alive)
+    assert p.poll() is None  # no PID namespace: the holder's death does not kill members
+    assert pod.stop() == -signal.SIGKILL
+    assert p.returncode == -signal.SIGTERM
+
+
+def test_wait_ends_members_of_a_pod_without_pid_kind():
+    pod = nsbox.Pod(kinds=("net",)).start()
+    p = pod.spawn(["sleep", "60"])
+    os.kill(pod.pid, signal.SIGTERM)
+    assert pod.wait(timeout=5) == 0
+    assert p.returncode == -signal.SIGKILL
