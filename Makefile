@@ -10,8 +10,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 # gcc/libc6-dev: the native parts (static nsbox-init needs libc.a);
 # python3-dev: cffi's extension; libcap-dev: python-prctl;
-# procps/iproute2/util-linux: tools the tests and the demo call.
-APT_PACKAGES := gcc libc6-dev python3-dev libcap-dev procps iproute2 util-linux
+# procps/iproute2/util-linux/iputils-ping: tools the tests and the demo call.
+APT_PACKAGES := gcc libc6-dev python3-dev libcap-dev procps iproute2 util-linux iputils-ping
 SOURCES := $(shell find nsbox -name '*.py' -o -name '*.c' -o -name '*.h') setup.py pyproject.toml
 PYTEST_ARGS ?=
 

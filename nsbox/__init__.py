@@ -10,6 +10,7 @@ from .errors import (
     ConfigError,
     KindError,
     NamespaceError,
+    NetworkError,
     NotRunningError,
     NsboxError,
     PodStartError,
@@ -19,6 +20,7 @@ from .errors import (
 )
 from .kinds import DEFAULT_KINDS, KINDS
 from .namespaces import Namespace, join, joined
+from .net import Veth
 from .pod import Pod
 from .spawn import PodProcess
 
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Pod",
     "PodProcess",
+    "Veth",
     "Namespace",
     "join",
     "joined",
@@ -41,5 +44,6 @@ __all__ = [
     "PodStartError",
     "ThreadingError",
     "UnsupportedError",
+    "NetworkError",
     "__version__",
 ]

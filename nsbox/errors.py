@@ -19,6 +19,7 @@ __all__ = [
     "PodStartError",
     "ThreadingError",
     "UnsupportedError",
+    "NetworkError",
 ]
 
 
@@ -73,6 +74,13 @@ class ThreadingError(NsboxError, RuntimeError):
 
 class UnsupportedError(NsboxError, NotImplementedError):
     """A feature the kernel has but nsbox does not (yet) support."""
+
+    __module__ = "nsbox"
+
+
+class NetworkError(NsboxError, OSError):
+    """Setting up or tearing down a pod's network failed; what was already
+    made for the pod was removed.  ``errno`` is the kernel's."""
 
     __module__ = "nsbox"
 

@@ -54,6 +54,9 @@ class Pod:
     mount_proc
         Mount a fresh ``/proc`` so ``ps`` in the pod sees only the pod.  Needs
         ``"mnt"``; default: on when both ``"mnt"`` and ``"pid"`` are present.
+    network
+        How the pod is wired: :class:`nsbox.Veth` (a point-to-point link to the
+        host).  Without it the pod has only ``lo`` (always up).
     uid_map, gid_map
         With ``"user"``: the id mappings, as ``/proc/PID/uid_map`` text or a
         list of ``(inside, outside, count)``.  Default maps 0..65535 inside to
@@ -68,6 +71,7 @@ class Pod:
         mount_proc: Optional[bool] = None,
         uid_map: Optional[IdMap] = None,
         gid_map: Optional[IdMap] = None,
+        network: Optional[Any] = None,
     ):
         self.kinds: tuple[str, ...] = parse_kinds(kinds)
         if "time" in self.kinds:
@@ -88,6 +92,13 @@ class Pod:
         if "user" in self.kinds:
             self._uid_map = _format_id_map("uid_map", uid_map, os.geteuid())
             self._gid_map = _format_id_map("gid_map", gid_map, os.getegid())
+        if network is not None:
+            if not hasattr(network, "_attach"):
+                raise ConfigError(f"network must be an nsbox.Veth (or another nsbox network), not {network!r}")
+            if "net" not in self.kinds:
+                raise ConfigError("network= needs the 'net' kind (a network namespace of the pod's own)")
+        self.network = network
+        self._net: Optional[Any] = None  # what the network made for this pod
         self._lock = threading.RLock()
         self._state = "new"  # new -> running -> stopped
         self._pid: Optional[int] = None
@@ -131,6 +142,9 @@ class Pod:
         """Steps that need a running holder; any exception rolls the pod back."""
         for k in self.kinds:
             self._inodes[k] = os.stat(f"/proc/{self._pid}/ns/{k}").st_ino
+        if self.network is not None:
+            with Namespace.from_pid(self._pid, "net") as ns:  # type: ignore[arg-type]
+                self._net = self.network._attach(ns.fileno())
 
     def _rollback(self) -> None:
         self._kill_holder(signal.SIGKILL)
@@ -264,10 +278,14 @@ class Pod:
                 p.kill()
                 p.wait()
         self._members = []
+        net, self._net = self._net, None
         if self._pidfd >= 0:
             fd, self._pidfd = self._pidfd, -1
             os.close(fd)
         self._state = "stopped"
+        if net is not None:
+            # Host-side objects go by recorded name, whatever became of the netns.
+            net.detach()
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Wait for the holder to exit (it does on SIGTERM/SIGINT, or when
@@ -298,6 +316,17 @@ class Pod:
     def pidfd(self) -> int:
         """A pidfd on the holder, or -1 when not running.  Owned by the pod."""
         return self._pidfd
+
+    @property
+    def address(self) -> Optional[Any]:
+        """The pod's primary address (``ipaddress.IPv4Interface`` or
+        ``IPv6Interface``), or None without a network."""
+        return self._net.address if self._net is not None else None
+
+    @property
+    def host_ifname(self) -> Optional[str]:
+        """The name of the pod's link on the host side, or None."""
+        return self._net.host_ifname if self._net is not None else None
 
     @property
     def returncode(self) -> Optional[int]:

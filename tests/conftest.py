@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -31,6 +32,7 @@ def session_leak_check():
     # The creator pidfd is cached per process: open it before measuring.
     nsbox.holder.creator_pidfd()
     fds_before = _open_fds()
+    links_before = host_links()
     yield
     gc.collect()
     problems = []
@@ -50,8 +52,29 @@ def session_leak_check():
             "file descriptors leaked: "
             + ", ".join(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}" for fd in sorted(leaked))
         )
+    links = host_links() - links_before
+    if links:
+        problems.append(f"links left in the host namespace: {sorted(links)}")
     if problems:
         pytest.fail("session leak check failed:\n" + "\n".join(problems), pytrace=False)
+
+
+def host_links() -> set[str]:
+    import socket
+
+    return {name for _, name in socket.if_nameindex()}
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_links():
+    """Every link a test creates in the host namespace is gone when it ends."""
+    before = host_links()
+    yield
+    left = host_links() - before
+    if left:
+        for name in left:
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+        pytest.fail(f"test left links in the host namespace: {sorted(left)}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

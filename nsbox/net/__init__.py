@@ -1,0 +1,4 @@
+"""Pod networking over rtnetlink (pyroute2 message classes, nsbox's sockets)."""
+from .veth import Veth
+
+__all__ = ["Veth"]

@@ -1,0 +1,294 @@
+"""A minimal rtnetlink client: pyroute2's message classes, our own socket.
+
+Why not ``pyroute2.IPRoute``: its 0.9 core opens its socket lazily, per
+thread, in whatever network namespace the *using* thread is in, and its
+``netns=`` form forks a helper per call.  nsbox must know exactly which
+namespace a request goes to, so it opens the socket itself — in the pod's
+namespace when needed (see :func:`socket_in_netns`) — and uses pyroute2 only
+to encode messages.  Requests can be batched: one ``send()``, one ack each.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+import threading
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
+from pyroute2.netlink.rtnl import (
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_GETLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWQDISC,
+    RTM_NEWROUTE,
+)
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+__all__ = ["Rtnl", "Request", "NetlinkError", "socket_in_netns"]
+
+NETLINK_ROUTE = 0
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+SOL_NETLINK = 270
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_ACK_TLVS = 0x200
+NLMSGERR_ATTR_MSG = 1
+IFF_UP = 0x1
+_HDR = struct.Struct("=IHHII")
+
+CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+REPLACE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+CHANGE = NLM_F_REQUEST | NLM_F_ACK
+
+
+class NetlinkError(OSError):
+    """A request the kernel refused; ``errno`` and the kernel's own message."""
+
+
+class Request:
+    """One rtnetlink message: a pyroute2 message object, its type and flags."""
+
+    __slots__ = ("msg", "type", "flags", "what")
+
+    def __init__(self, msg: Any, type: int, flags: int, what: str):
+        self.msg, self.type, self.flags, self.what = msg, type, flags, what
+
+
+def socket_in_netns(ns_fd: int) -> socket.socket:
+    """A NETLINK_ROUTE socket bound to the network namespace ``ns_fd``.
+
+    A socket belongs to the namespace its creating thread was in, so a
+    short-lived thread enters the namespace, opens it and ends.  The
+    caller's threads never move.
+    """
+    from .. import _syscalls
+
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            _syscalls.setns(ns_fd, 0x40000000)  # CLONE_NEWNET, this thread only
+            box["sock"] = _open()
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=work, name="nsbox-netns-socket")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["sock"]
+
+
+def _open() -> socket.socket:
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    try:
+        s.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+        s.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        s.bind((0, 0))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class Rtnl:
+    """An rtnetlink socket in one network namespace (the caller's by default)."""
+
+    def __init__(self, sock: Optional[socket.socket] = None):
+        self.sock = sock if sock is not None else _open()
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Rtnl":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, requests: Sequence[Request]) -> list[Optional[NetlinkError]]:
+        """Send ``requests`` in one batch; return one error (or None) each.
+
+        The kernel handles them in order; a failed one does not stop the rest.
+        """
+        with self._lock:
+            seqs = []
+            chunks = []
+            for r in requests:
+                self._seq += 1
+                r.msg["header"]["type"] = r.type
+                r.msg["header"]["flags"] = r.flags
+                r.msg["header"]["sequence_number"] = self._seq
+                r.msg.reset()
+                r.msg.encode()
+                chunks.append(r.msg.data)
+                seqs.append(self._seq)
+            self.sock.send(b"".join(chunks))
+            results: dict[int, Optional[NetlinkError]] = {}
+            replies: dict[int, list[bytes]] = {}
+            while len(results) < len(seqs):
+                data = self.sock.recv(65536)
+                off = 0
+                while off + _HDR.size <= len(data):
+                    length, mtype, flags, seq, _pid = _HDR.unpack_from(data, off)
+                    if length < _HDR.size:
+                        break
+                    body = data[off + _HDR.size : off + length]
+                    if mtype == NLMSG_ERROR:
+                        (code,) = struct.unpack_from("=i", body)
+                        results[seq] = None if code == 0 else self._error(-code, body, flags, seq, seqs, requests)
+                    elif mtype == NLMSG_DONE:
+                        results.setdefault(seq, None)
+                    else:
+                        replies.setdefault(seq, []).append(data[off : off + length])
+                    off += (length + 3) & ~3
+            self.replies = [replies.get(s, []) for s in seqs]
+            return [results[s] for s in seqs]
+
+    def check(self, requests: Sequence[Request]) -> None:
+        """Run and raise the first error."""
+        for err in self.run(requests):
+            if err is not None:
+                raise err
+
+    @staticmethod
+    def _error(code: int, body: bytes, flags: int, seq: int, seqs: list[int], requests: Sequence[Request]) -> NetlinkError:
+        what = requests[seqs.index(seq)].what
+        detail = ""
+        if flags & NLM_F_ACK_TLVS:
+            off = 4 + _HDR.size  # error code + the (capped) original header
+            while off + 4 <= len(body):
+                alen, atype = struct.unpack_from("=HH", body, off)
+                if alen < 4:
+                    break
+                if atype == NLMSGERR_ATTR_MSG:
+                    detail = body[off + 4 : off + alen].split(b"\0", 1)[0].decode(errors="replace")
+                off += (alen + 3) & ~3
+        msg = f"{what}: {os.strerror(code)}" + (f" ({detail})" if detail else "")
+        return NetlinkError(code, msg)
+
+    # ---- queries ---------------------------------------------------------
+
+    def link_index(self, name: str) -> Optional[int]:
+        """The ifindex of ``name`` in this socket's namespace, or None."""
+        m = ifinfmsg()
+        m["attrs"] = [("IFLA_IFNAME", name)]
+        err = self.run([Request(m, RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, f"looking up {name}")])[0]
+        if err is not None:
+            if err.errno == errno.ENODEV:
+                return None
+            raise err
+        for raw in self.replies[0]:
+            # struct ifinfomsg: family(1) pad(1) type(2) index(4) ...
+            (index,) = struct.unpack_from("=i", raw, _HDR.size + 4)
+            return index
+        return None
+
+
+# ---- message builders ---------------------------------------------------------
+
+
+def veth(name: str, peer: str, peer_netns_fd: int, *, mtu: Optional[int] = None,
+         mac: Optional[str] = None, peer_mac: Optional[str] = None) -> Request:
+    """Create a veth pair whose peer is born in another namespace (one request)."""
+    peer_attrs: list = [("IFLA_IFNAME", peer), ("IFLA_NET_NS_FD", peer_netns_fd)]
+    attrs: list = [("IFLA_IFNAME", name)]
+    if mtu:
+        attrs.append(("IFLA_MTU", mtu))
+        peer_attrs.append(("IFLA_MTU", mtu))
+    if mac:
+        attrs.append(("IFLA_ADDRESS", mac))
+    if peer_mac:
+        peer_attrs.append(("IFLA_ADDRESS", peer_mac))
+    attrs.append(("IFLA_LINKINFO", {"attrs": [
+        ("IFLA_INFO_KIND", "veth"),
+        ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": peer_attrs})]}),
+    ]}))
+    m = ifinfmsg()
+    m["attrs"] = attrs
+    return Request(m, RTM_NEWLINK, CREATE, f"creating veth pair {name} <-> {peer}")
+
+
+def bridge(name: str) -> Request:
+    m = ifinfmsg()
+    m["attrs"] = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})]
+    return Request(m, RTM_NEWLINK, CREATE, f"creating bridge {name}")
+
+
+def link_set(index: int, name: str, *, up: bool = True, master: Optional[int] = None) -> Request:
+    m = ifinfmsg()
+    m["index"] = index
+    if up:
+        m["flags"] = IFF_UP
+        m["change"] = IFF_UP
+    if master is not None:
+        m["attrs"] = [("IFLA_MASTER", master)]
+    return Request(m, RTM_NEWLINK, CHANGE, f"setting up link {name}")
+
+
+def link_del(name: str) -> Request:
+    m = ifinfmsg()
+    m["attrs"] = [("IFLA_IFNAME", name)]
+    return Request(m, RTM_DELLINK, CHANGE, f"deleting link {name}")
+
+
+def addr_add(index: int, name: str, iface: Any) -> Request:
+    """``iface``: an ipaddress.IPv4Interface/IPv6Interface."""
+    m = ifaddrmsg()
+    m["family"] = socket.AF_INET if iface.version == 4 else socket.AF_INET6
+    m["prefixlen"] = iface.network.prefixlen
+    m["index"] = index
+    attrs = [("IFA_LOCAL", str(iface.ip)), ("IFA_ADDRESS", str(iface.ip))]
+    if iface.version == 4 and iface.network.prefixlen < 31:
+        attrs.append(("IFA_BROADCAST", str(iface.network.broadcast_address)))
+    if iface.version == 6:
+        attrs.append(("IFA_FLAGS", 0x02))  # IFA_F_NODAD: usable at once
+    m["attrs"] = attrs
+    return Request(m, RTM_NEWADDR, CREATE, f"adding address {iface} to {name}")
+
+
+def addr_del(index: int, name: str, iface: Any) -> Request:
+    r = addr_add(index, name, iface)
+    r.type, r.flags, r.what = RTM_DELADDR, CHANGE, f"removing address {iface} from {name}"
+    return r
+
+
+def route_add(gateway: Any, *, dst: Any = None, oif: Optional[int] = None) -> Request:
+    """Route ``dst`` (a network; None: default) via ``gateway`` (an address)."""
+    m = rtmsg()
+    m["family"] = socket.AF_INET if gateway.version == 4 else socket.AF_INET6
+    m["table"] = 254  # main
+    m["proto"] = 3  # RTPROT_BOOT, as `ip route add`
+    m["scope"] = 0  # universe
+    m["type"] = 1  # unicast
+    attrs: list = [("RTA_GATEWAY", str(gateway)), ("RTA_TABLE", 254)]
+    if dst is not None and dst.prefixlen:
+        m["dst_len"] = dst.prefixlen
+        attrs.append(("RTA_DST", str(dst.network_address)))
+    if oif is not None:
+        attrs.append(("RTA_OIF", oif))
+    m["attrs"] = attrs
+    target = "default" if dst is None or not dst.prefixlen else str(dst)
+    return Request(m, RTM_NEWROUTE, CREATE, f"adding route {target} via {gateway}")
+
+
+def qdisc(index: int, name: str, kind: str, options: Any, *, handle: int = 0x10000, parent: int = 0xFFFFFFFF) -> Request:
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+    m = tcmsg()
+    m["index"] = index
+    m["handle"] = handle
+    m["parent"] = parent
+    m["attrs"] = [("TCA_KIND", kind), ("TCA_OPTIONS", options)]
+    return Request(m, RTM_NEWQDISC, REPLACE, f"setting {kind} qdisc on {name}")

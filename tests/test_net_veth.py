@@ -1,0 +1,156 @@
+"""Veth networking: host <-> pod traffic, teardown by name, bad input."""
+import errno
+import ipaddress
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import nsbox
+from helpers import holder_pids
+
+# Subnets owned by these tests: 10.210.x.0/24.
+ECHO_SERVER = textwrap.dedent(
+    """
+    import socket, sys
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], 7000)); s.listen(); print("ready", flush=True)
+    c, peer = s.accept(); c.sendall(c.recv(100) + b" from " + peer[0].encode()); c.close()
+    """
+)
+
+
+def veth(n, **kw):
+    return nsbox.Veth(address=f"10.210.{n}.2/24", host_address=f"10.210.{n}.1/24", **kw)
+
+
+def ping(argv_prefix, target):
+    return subprocess.run([*argv_prefix, "ping", "-c", "1", "-W", "2", target], capture_output=True, text=True)
+
+
+def test_host_and_pod_reach_each_other():
+    with nsbox.Pod(network=veth(1)) as pod:
+        assert pod.address == ipaddress.ip_interface("10.210.1.2/24")
+        assert ping([], "10.210.1.2").returncode == 0
+        assert pod.run(["ping", "-c", "1", "-W", "2", "10.210.1.1"], capture_output=True).returncode == 0
+        # TCP, host -> pod
+        server = pod.spawn([sys.executable, "-c", ECHO_SERVER, "10.210.1.2"], stdout=subprocess.PIPE, text=True)
+        assert server.stdout.readline() == "ready\n"
+        with socket.create_connection(("10.210.1.2", 7000), timeout=5) as c:
+            c.sendall(b"hi")
+            assert c.recv(100) == b"hi from 10.210.1.1"
+        server.wait(timeout=5)
+        server.stdout.close()
+
+
+def test_pod_side_config():
+    with nsbox.Pod(network=veth(2, ifname="net0", mtu=1400, mac="02:00:0a:d2:02:02", routes=["10.211.0.0/16"])) as pod:
+        r = pod.run(["ip", "-o", "link", "show", "net0"], capture_output=True, text=True, check=True)
+        assert "mtu 1400" in r.stdout and "02:00:0a:d2:02:02" in r.stdout and "UP" in r.stdout
+        routes = pod.run(["ip", "route"], capture_output=True, text=True).stdout
+        assert "default via 10.210.2.1 dev net0" in routes
+        assert "10.211.0.0/16 via 10.210.2.1 dev net0" in routes
+        host = subprocess.run(["ip", "-o", "addr", "show", pod.host_ifname], capture_output=True, text=True).stdout
+        assert "10.210.2.1/24" in host
+        assert pod.host_ifname.startswith("nsbx") and len(pod.host_ifname) <= 15
+
+
+def test_pod_end_is_never_in_the_host_namespace():
+    # eth0 is born in the pod: the host's own eth0 (if any) is untouched.
+    before = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    with nsbox.Pod(network=veth(3)):
+        during = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    assert "10.210.3.2/" not in during
+    assert before == subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+
+
+def test_ipv6():
+    with nsbox.Pod(network=nsbox.Veth(address="fd00:210:4::2/64", host_address="fd00:210:4::1/64")) as pod:
+        assert pod.run(["ping", "-6", "-c", "1", "-W", "2", "fd00:210:4::1"], capture_output=True).returncode == 0
+
+
+def test_teardown_removes_the_host_link():
+    pod = nsbox.Pod(network=veth(5)).start()
+    name = pod.host_ifname
+    assert name in {n for _, n in socket.if_nameindex()}
+    pod.stop()
+    assert name not in {n for _, n in socket.if_nameindex()}
+    assert pod.address is None
+    pod.stop()  # idempotent
+
+
+def test_holder_sigkilled_then_stop_cleans_host_side():
+    import os
+    import signal
+
+    pod = nsbox.Pod(network=veth(6)).start()
+    name = pod.host_ifname
+    os.kill(pod.pid, signal.SIGKILL)
+    pod.stop()
+    assert name not in {n for _, n in socket.if_nameindex()}
+
+
+def test_taken_host_name_fails_cleanly():
+    with nsbox.Pod(network=veth(7)) as first:
+        taken = first.host_ifname
+        before = holder_pids()
+        with pytest.raises(nsbox.NetworkError, match="is taken") as e:
+            nsbox.Pod(network=veth(8, host_ifname=taken)).start()
+        assert e.value.errno == errno.EEXIST
+        assert holder_pids() == before
+        assert ping([], "10.210.7.2").returncode == 0  # the existing link is untouched
+
+
+def test_failure_on_the_pod_side_rolls_back(monkeypatch):
+    from nsbox.net import veth as veth_mod
+
+    def boom(*a, **k):
+        raise nsbox.NetworkError(errno.EIO, "injected")
+
+    monkeypatch.setattr(veth_mod, "configure_pod_side", boom)
+    links = {n for _, n in socket.if_nameindex()}
+    before = holder_pids()
+    with pytest.raises(nsbox.NetworkError, match="injected"):
+        nsbox.Pod(network=veth(9)).start()
+    assert {n for _, n in socket.if_nameindex()} == links
+    assert holder_pids() == before
+
+
+def test_kernel_error_names_the_step():
+    # An IPv6 address on a link with an MTU below 1280 is refused by the kernel.
+    with pytest.raises(nsbox.NetworkError, match=r"adding address fd00:210:a::1/64 to nsbx\w+: Invalid argument"):
+        nsbox.Pod(network=nsbox.Veth(address="fd00:210:a::2/64", host_address="fd00:210:a::1/64", mtu=1000)).start()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(address="10.210.20.2"), "prefix length"),
+        (dict(address="10.210.20.300/24"), "not a valid CIDR"),
+        (dict(address="10.210.20.2/24", host_address="10.210.21.1/24"), "different subnets"),
+        (dict(address="10.210.20.2/24", host_address="10.210.20.2/24"), "both"),
+        (dict(address="10.210.20.0/24", host_address="10.210.20.1/24"), "network or broadcast"),
+        (dict(address="10.210.20.2/32"), "no room"),
+        (dict(address="10.210.20.2/24", host_address="fd00::1/64"), "IP versions"),
+        (dict(address="10.210.20.2/24", host_ifname="x" * 16), "1 to 15 bytes"),
+        (dict(address="10.210.20.2/24", host_ifname="a/b"), "must not contain"),
+        (dict(address="10.210.20.2/24", ifname="my eth"), "must not contain"),
+        (dict(address="10.210.20.2/24", ifname="lo"), "reserved"),
+        (dict(address="10.210.20.2/24", mtu=10), "mtu"),
+        (dict(address="10.210.20.2/24", mac="zz"), "mac"),
+        (dict(address="10.210.20.2/24", mac="01:00:00:00:00:01"), "multicast"),
+        (dict(address="10.210.20.2/24", routes=["nope"]), "route"),
+    ],
+)
+def test_bad_veth_arguments(kwargs, match):
+    with pytest.raises(nsbox.ConfigError, match=match):
+        nsbox.Veth(**kwargs)
+
+
+def test_network_needs_net_kind():
+    with pytest.raises(nsbox.ConfigError, match="'net' kind"):
+        nsbox.Pod(kinds=("uts",), network=veth(30))
+    with pytest.raises(nsbox.ConfigError, match="network must be"):
+        nsbox.Pod(network="10.210.30.2/24")
