@@ -20,7 +20,7 @@ from .errors import (
 )
 from .kinds import DEFAULT_KINDS, KINDS
 from .namespaces import Namespace, join, joined
-from .net import Veth
+from .net import Bridge, Veth
 from .pod import Pod
 from .spawn import PodProcess
 
@@ -30,6 +30,7 @@ __all__ = [
     "Pod",
     "PodProcess",
     "Veth",
+    "Bridge",
     "Namespace",
     "join",
     "joined",

@@ -56,7 +56,7 @@ class Pod:
         ``"mnt"``; default: on when both ``"mnt"`` and ``"pid"`` are present.
     network
         How the pod is wired: :class:`nsbox.Veth` (a point-to-point link to the
-        host).  Without it the pod has only ``lo`` (always up).
+        host) or :class:`nsbox.Bridge` (a shared bridge with IPAM).  Without it the pod has only ``lo`` (always up).
     uid_map, gid_map
         With ``"user"``: the id mappings, as ``/proc/PID/uid_map`` text or a
         list of ``(inside, outside, count)``.  Default maps 0..65535 inside to
@@ -94,7 +94,7 @@ class Pod:
             self._gid_map = _format_id_map("gid_map", gid_map, os.getegid())
         if network is not None:
             if not hasattr(network, "_attach"):
-                raise ConfigError(f"network must be an nsbox.Veth (or another nsbox network), not {network!r}")
+                raise ConfigError(f"network must be an nsbox.Veth or nsbox.Bridge, not {network!r}")
             if "net" not in self.kinds:
                 raise ConfigError("network= needs the 'net' kind (a network namespace of the pod's own)")
         self.network = network
@@ -144,7 +144,7 @@ class Pod:
             self._inodes[k] = os.stat(f"/proc/{self._pid}/ns/{k}").st_ino
         if self.network is not None:
             with Namespace.from_pid(self._pid, "net") as ns:  # type: ignore[arg-type]
-                self._net = self.network._attach(ns.fileno())
+                self._net = self.network._attach(ns.fileno(), self._pid)
 
     def _rollback(self) -> None:
         self._kill_holder(signal.SIGKILL)

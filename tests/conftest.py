@@ -9,6 +9,7 @@ Leak checks:
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import signal
 import subprocess
@@ -33,6 +34,7 @@ def session_leak_check():
     nsbox.holder.creator_pidfd()
     fds_before = _open_fds()
     links_before = host_links()
+    state_before = run_state()
     yield
     gc.collect()
     problems = []
@@ -55,6 +57,9 @@ def session_leak_check():
     links = host_links() - links_before
     if links:
         problems.append(f"links left in the host namespace: {sorted(links)}")
+    state = run_state() - state_before
+    if state:
+        problems.append(f"state left under /run/nsbox: {sorted(state)}")
     if problems:
         pytest.fail("session leak check failed:\n" + "\n".join(problems), pytrace=False)
 
@@ -77,6 +82,23 @@ def no_leftover_links():
         pytest.fail(f"test left links in the host namespace: {sorted(left)}", pytrace=False)
 
 
+def run_state() -> set[str]:
+    from nsbox.net.ipam import run_dir
+
+    root = run_dir()
+    return {str(p) for p in root.rglob("*")} if root.exists() else set()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_state():
+    """No IPAM lease (or other state under /run/nsbox) outlives its test."""
+    before = run_state()
+    yield
+    left = run_state() - before
+    if left:
+        pytest.fail(f"test left state under /run/nsbox: {sorted(left)}", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_holders():
     before = holder_pids()
@@ -97,6 +119,18 @@ def no_leftover_holders():
             except ProcessLookupError:
                 pass
         pytest.fail(f"test left nsbox holders running: {sorted(left)}", pytrace=False)
+
+
+_bridge_numbers = itertools.count()
+
+
+@pytest.fixture
+def bridge():
+    """A bridge of the test's own (subnet 10.220.N.0/24), removed afterwards."""
+    n = next(_bridge_numbers) % 250
+    br = nsbox.Bridge(f"nsbt{os.getpid() % 100000}x{n}", subnet=f"10.220.{n}.0/24")
+    yield br
+    br.remove()
 
 
 @pytest.fixture

@@ -31,10 +31,12 @@ def test_is_small_and_static():
 
 
 def test_not_pid_1_warns_and_obeys_signals():
-    p = subprocess.Popen([INIT], stderr=subprocess.PIPE, text=True)
+    r, w = os.pipe()
+    p = subprocess.Popen([INIT, "-r", str(w)], stderr=subprocess.PIPE, text=True, pass_fds=[w])
+    os.close(w)
     try:
-        line = p.stderr.readline()
-        assert "not PID 1" in line
+        assert os.read(r, 1) == b"R"  # ready: signals are routed to its signalfd now
+        assert "not PID 1" in p.stderr.readline()
         os.kill(p.pid, signal.SIGUSR1)
         os.kill(p.pid, signal.SIGHUP)
         time.sleep(0.1)
@@ -42,6 +44,7 @@ def test_not_pid_1_warns_and_obeys_signals():
         os.kill(p.pid, signal.SIGTERM)
         assert p.wait(timeout=5) == 0
     finally:
+        os.close(r)
         if p.poll() is None:
             p.kill()
             p.wait()

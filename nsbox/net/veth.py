@@ -110,7 +110,7 @@ class Veth:
     def __repr__(self) -> str:
         return f"Veth(address={str(self.address)!r}, host_address={str(self.host_address) if self.host_address else None!r})"
 
-    def _attach(self, pod_netns_fd: int) -> Attachment:
+    def _attach(self, pod_netns_fd: int, holder_pid: int) -> Attachment:
         with nl.Rtnl() as host:
             att = create_pair(host, pod_netns_fd, self.ifname, self.host_ifname, mtu=self.mtu,
                               mac=self.mac, host_mac=self.host_mac)

@@ -1,0 +1,172 @@
+"""Bridge mode (like CNI bridge + host-local): pods on one Linux bridge,
+addresses from a subnet handed out by :mod:`nsbox.net.ipam`.
+
+The bridge is created on first use, with the gateway address, under the
+IPAM lock, so concurrent pods (threads or processes) never race to create
+it.  Pod teardown never deletes the bridge; :meth:`Bridge.remove` does,
+once no pod uses it.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+from typing import Any, Optional
+
+from ..errors import ConfigError, NetworkError
+from . import _netlink as nl
+from ._names import check_ifname, check_mac, check_mtu
+from .ipam import Ipam, owner_of
+from .veth import Attachment, _check, _detach_quietly, _index, configure_pod_side, create_pair
+
+__all__ = ["Bridge"]
+
+
+class Bridge:
+    """A Linux bridge shared by pods, with IPAM.
+
+    ::
+
+        net = nsbox.Bridge("nsbr0", subnet="10.201.0.0/24")
+        a = nsbox.Pod(network=net).start()     # a.address: 10.201.0.2/24
+        b = nsbox.Pod(network=net).start()     # b.address: 10.201.0.3/24, reaches a
+        ...
+        net.remove()                           # once every pod is stopped
+
+    ``gateway`` defaults to the subnet's first address; the bridge gets it and
+    pods route through it.  ``address`` asks for a specific pod address
+    instead of the next free one.  ``ifname``, ``host_ifname``, ``mtu`` and
+    ``mac`` are as for :class:`nsbox.Veth`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        subnet: Any,
+        *,
+        gateway: Any = None,
+        address: Any = None,
+        ifname: str = "eth0",
+        host_ifname: Optional[str] = None,
+        mtu: Optional[int] = None,
+        mac: Optional[str] = None,
+    ):
+        self.name = check_ifname(name, "bridge name")
+        try:
+            self.subnet = ipaddress.ip_network(subnet)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"subnet {subnet!r} is not a network like '10.201.0.0/24': {e}") from None
+        hosts = self.subnet.num_addresses - (2 if self.subnet.version == 4 else 1)
+        if hosts < 2:
+            raise ConfigError(f"subnet {self.subnet} is too small for a gateway and a pod")
+        first = next(self.subnet.hosts())
+        gw = first if gateway is None else _address_in(gateway, self.subnet, "gateway")
+        self.gateway = ipaddress.ip_interface(f"{gw}/{self.subnet.prefixlen}")
+        self.address = None
+        if address is not None:
+            addr = _address_in(address, self.subnet, "address")
+            if addr == gw:
+                raise ConfigError(f"address {addr} is the bridge's gateway")
+            self.address = ipaddress.ip_interface(f"{addr}/{self.subnet.prefixlen}")
+        self.ifname = check_ifname(ifname, "ifname")
+        self.host_ifname = None if host_ifname is None else check_ifname(host_ifname, "host_ifname")
+        self.mtu = check_mtu(mtu)
+        self.mac = check_mac(mac, "mac")
+        self._ipam = Ipam(self.name, self.subnet, {gw})
+
+    def __repr__(self) -> str:
+        return f"Bridge({self.name!r}, subnet={str(self.subnet)!r}, gateway={str(self.gateway.ip)!r})"
+
+    # ---- pods ------------------------------------------------------------
+
+    def _attach(self, pod_netns_fd: int, holder_pid: int) -> Attachment:
+        owner = owner_of(holder_pid)
+        if owner is None:
+            raise NetworkError(errno.ESRCH, "the pod's holder exited while its network was being set up")
+        with nl.Rtnl() as host:
+            with self._ipam.locked():
+                bridge_index = self._ensure_bridge(host)
+                addr = self._ipam.allocate(owner, self.address.ip if self.address else None)
+            iface = ipaddress.ip_interface(f"{addr}/{self.subnet.prefixlen}")
+            try:
+                att = create_pair(host, pod_netns_fd, self.ifname, self.host_ifname, mtu=self.mtu, mac=self.mac)
+            except BaseException:
+                self._ipam.release(addr, owner)
+                raise
+            att.address, att.host_address = iface, self.gateway
+            att.undo.append(lambda: self._ipam.release(addr, owner))
+            try:
+                host_index = _index(host, att.host_ifname)
+                _check(host, [nl.link_set(host_index, att.host_ifname, up=True, master=bridge_index)])
+                configure_pod_side(pod_netns_fd, self.ifname, iface, gateway=self.gateway.ip)
+            except BaseException:
+                _detach_quietly(att)
+                raise
+        return att
+
+    def _ensure_bridge(self, host: nl.Rtnl) -> int:
+        """The bridge's ifindex, creating it (with the gateway, up) if needed."""
+        index = host.link_index(self.name)
+        if index is None:
+            _check(host, [nl.bridge(self.name)])
+            index = _index(host, self.name)
+            reqs = [nl.addr_add(index, self.name, self.gateway), nl.link_set(index, self.name, up=True)]
+            errors = host.run(reqs)
+            if any(errors):
+                host.run([nl.link_del(self.name)])
+                err = next(e for e in errors if e)
+                raise NetworkError(err.errno, err.strerror)
+        else:
+            if not os.path.isdir(f"/sys/class/net/{self.name}/bridge"):
+                raise NetworkError(errno.EEXIST, f"{self.name!r} exists and is not a bridge; pick another name")
+            err = host.run([nl.addr_add(index, self.name, self.gateway), nl.link_set(index, self.name, up=True)])[0]
+            if err is not None and err.errno != errno.EEXIST:
+                raise NetworkError(err.errno, err.strerror)
+        return index
+
+    # ---- the bridge itself -------------------------------------------------
+
+    @property
+    def exists(self) -> bool:
+        return os.path.isdir(f"/sys/class/net/{self.name}/bridge")
+
+    def ports(self) -> list[str]:
+        """Host-side interfaces attached to the bridge."""
+        try:
+            return sorted(os.listdir(f"/sys/class/net/{self.name}/brif"))
+        except FileNotFoundError:
+            return []
+
+    def leases(self) -> dict:
+        """Live address leases: ``{address: (holder pid, start time)}``."""
+        with self._ipam.locked():
+            return self._ipam.live_leases()
+
+    def remove(self) -> None:
+        """Delete the bridge and its IPAM state.  Raises NetworkError (EBUSY)
+        while a pod still uses it; a no-op when it does not exist."""
+        with nl.Rtnl() as host, self._ipam.locked():
+            leases = self._ipam.live_leases()
+            ports = self.ports()
+            if leases or ports:
+                raise NetworkError(
+                    errno.EBUSY,
+                    f"bridge {self.name} is still used by {len(leases)} pod(s) "
+                    f"(ports: {', '.join(ports) or 'none'}); stop them first",
+                )
+            err = host.run([nl.link_del(self.name)])[0]
+            if err is not None and err.errno not in (errno.ENODEV, errno.ENOENT):
+                raise NetworkError(err.errno, err.strerror)
+            self._ipam.destroy()
+
+
+def _address_in(value: Any, subnet: Any, what: str) -> Any:
+    try:
+        addr = ipaddress.ip_address(str(value).split("/")[0])
+    except ValueError as e:
+        raise ConfigError(f"{what} {value!r} is not an IP address: {e}") from None
+    if addr not in subnet:
+        raise ConfigError(f"{what} {addr} is outside the bridge subnet {subnet}")
+    if subnet.version == 4 and subnet.prefixlen < 31 and addr in (subnet.network_address, subnet.broadcast_address):
+        raise ConfigError(f"{what} {addr} is the network or broadcast address of {subnet}")
+    return addr

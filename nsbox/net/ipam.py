@@ -1,0 +1,131 @@
+"""Address allocation for bridges (like CNI host-local), safe across threads
+and processes.
+
+State lives under ``/run/nsbox/ipam/<bridge>/`` (``$NSBOX_RUN_DIR`` moves
+it): one file per leased address, named after it, holding the owner — the
+pod's holder — as ``PID START_TIME``.  The start time (``/proc/PID/stat``
+field 22) makes the owner check immune to PID reuse: a lease whose holder is
+gone, or whose PID now names another process, is free again.  Every change
+happens under an exclusive ``flock`` on ``lock`` in that directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional, Union
+
+from ..errors import NetworkError
+
+__all__ = ["Ipam", "Owner", "owner_of", "run_dir"]
+
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+Owner = tuple[int, int]  # (pid, start time in clock ticks since boot)
+_MAX_SCAN = 1 << 16  # addresses looked at before giving up on a huge subnet
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("NSBOX_RUN_DIR", "/run/nsbox"))
+
+
+def owner_of(pid: int) -> Optional[Owner]:
+    """``(pid, start time)`` of a live process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    if fields[0] == b"Z":
+        return None
+    return pid, int(fields[19])
+
+
+class Ipam:
+    def __init__(self, key: str, network: Union[ipaddress.IPv4Network, ipaddress.IPv6Network], reserved: set):
+        self.dir = run_dir() / "ipam" / key
+        self.network = network
+        self.reserved = set(reserved)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise NetworkError(e.errno, f"cannot open the IPAM state in {self.dir}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _lease_path(self, addr: Address) -> Path:
+        return self.dir / str(addr)
+
+    def _owner(self, path: Path) -> Optional[Owner]:
+        try:
+            pid, start = path.read_text().split()
+            return int(pid), int(start)
+        except (OSError, ValueError):
+            return None
+
+    def _is_live(self, owner: Optional[Owner]) -> bool:
+        return owner is not None and owner_of(owner[0]) == owner
+
+    def allocate(self, owner: Owner, want: Optional[Address] = None) -> Address:
+        """Lease ``want`` (or the lowest free address) to ``owner``.  Call
+        inside :meth:`locked`."""
+        if want is not None:
+            if self._is_live(self._owner(self._lease_path(want))):
+                raise NetworkError(errno.EADDRINUSE, f"address {want} is in use by another pod")
+            self._write(want, owner)
+            return want
+        for i, addr in enumerate(self.network.hosts()):
+            if i >= _MAX_SCAN:
+                break
+            if addr in self.reserved:
+                continue
+            path = self._lease_path(addr)
+            if path.exists() and self._is_live(self._owner(path)):
+                continue
+            self._write(addr, owner)  # free, or reclaimed from a dead owner
+            return addr
+        raise NetworkError(
+            errno.EADDRNOTAVAIL,
+            f"no free address left in {self.network} (stop some pods, or use a larger subnet)",
+        )
+
+    def _write(self, addr: Address, owner: Owner) -> None:
+        path = self._lease_path(addr)
+        tmp = path.with_name(f".{addr}.tmp")
+        tmp.write_text(f"{owner[0]} {owner[1]}\n")
+        os.replace(tmp, path)
+
+    def release(self, addr: Address, owner: Owner) -> None:
+        """Give ``addr`` back if ``owner`` still holds it; idempotent."""
+        with self.locked():
+            path = self._lease_path(addr)
+            if self._owner(path) == owner:
+                path.unlink(missing_ok=True)
+
+    def live_leases(self) -> dict[Address, Owner]:
+        out = {}
+        if not self.dir.exists():
+            return out
+        for path in self.dir.iterdir():
+            if path.name in ("lock",) or path.name.startswith("."):
+                continue
+            owner = self._owner(path)
+            if self._is_live(owner):
+                out[ipaddress.ip_address(path.name)] = owner  # type: ignore[assignment]
+        return out
+
+    def destroy(self) -> None:
+        """Remove the state directory (call inside :meth:`locked`)."""
+        for path in self.dir.iterdir():
+            path.unlink(missing_ok=True)
+        self.dir.rmdir()

@@ -1,0 +1,186 @@
+"""Bridge mode with IPAM: shared bridge, unique addresses, leases, removal."""
+import errno
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import nsbox
+from helpers import holder_pids, run_python
+
+ECHO_SERVER = textwrap.dedent(
+    """
+    import socket, sys
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], 7000)); s.listen(); print("ready", flush=True)
+    c, peer = s.accept(); c.sendall(b"hello " + peer[0].encode()); c.close()
+    """
+)
+CLIENT = "import socket, sys; print(socket.create_connection((sys.argv[1], 7000), timeout=5).recv(100).decode())"
+
+
+def test_pods_on_a_bridge_reach_each_other_and_the_host(bridge):
+    with nsbox.Pod(network=bridge) as a, nsbox.Pod(network=bridge) as b:
+        assert a.address.network == b.address.network == bridge.subnet
+        assert a.address != b.address
+        assert bridge.exists and sorted(bridge.ports()) == sorted([a.host_ifname, b.host_ifname])
+        assert b.run(["ping", "-c", "1", "-W", "2", str(a.address.ip)], capture_output=True).returncode == 0
+        assert subprocess.run(["ping", "-c", "1", "-W", "2", str(b.address.ip)], capture_output=True).returncode == 0
+        server = a.spawn([sys.executable, "-c", ECHO_SERVER, str(a.address.ip)], stdout=subprocess.PIPE, text=True)
+        assert server.stdout.readline() == "ready\n"
+        r = b.run([sys.executable, "-c", CLIENT, str(a.address.ip)], capture_output=True, text=True, timeout=10)
+        assert r.stdout.strip() == f"hello {b.address.ip}"
+        server.wait(timeout=5)
+        server.stdout.close()
+        routes = a.run(["ip", "route"], capture_output=True, text=True).stdout
+        assert f"default via {bridge.gateway.ip} dev eth0" in routes
+
+
+def test_teardown_keeps_the_bridge_and_releases_leases(bridge):
+    with nsbox.Pod(network=bridge) as a:
+        with nsbox.Pod(network=bridge) as b:
+            assert len(bridge.leases()) == 2
+            with pytest.raises(nsbox.NetworkError, match="still used") as e:
+                bridge.remove()
+            assert e.value.errno == errno.EBUSY
+        assert bridge.exists and bridge.ports() == [a.host_ifname]
+        assert list(bridge.leases()) == [a.address.ip]
+    assert bridge.exists and bridge.ports() == [] and bridge.leases() == {}
+
+
+def test_fifty_pods_from_eight_threads_get_unique_addresses(bridge):
+    def make(_):
+        return nsbox.Pod(network=bridge).start()
+
+    with ThreadPoolExecutor(8) as ex:
+        pods = list(ex.map(make, range(50)))
+    try:
+        addrs = [p.address.ip for p in pods]
+        assert len(set(addrs)) == 50
+        assert all(a in bridge.subnet and a != bridge.gateway.ip for a in addrs)
+        # every pod really has its address and reaches the gateway
+        r = pods[-1].run(["ping", "-c", "1", "-W", "2", str(pods[0].address.ip)], capture_output=True)
+        assert r.returncode == 0
+    finally:
+        with ThreadPoolExecutor(8) as ex:
+            list(ex.map(lambda p: p.stop(), pods))
+    assert bridge.leases() == {}
+
+
+MAKER = textwrap.dedent(
+    """
+    import json, sys, nsbox
+    br = nsbox.Bridge(sys.argv[1], subnet=sys.argv[2])
+    pods = [nsbox.Pod(network=br).start() for _ in range(int(sys.argv[3]))]
+    print(json.dumps([str(p.address.ip) for p in pods]), flush=True)
+    sys.stdin.readline()
+    for p in pods:
+        p.stop()
+    """
+)
+
+
+def test_two_processes_at_once_get_unique_addresses(bridge):
+    procs = [
+        subprocess.Popen([sys.executable, "-c", MAKER, bridge.name, str(bridge.subnet), "12"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+        for _ in range(2)
+    ]
+    try:
+        lists = [json.loads(p.stdout.readline()) for p in procs]
+        addrs = lists[0] + lists[1]
+        assert len(addrs) == 24 and len(set(addrs)) == 24
+        assert len(bridge.leases()) == 24
+    finally:
+        for p in procs:
+            p.communicate("\n", timeout=30)
+    assert bridge.leases() == {}
+
+
+def test_lease_of_a_dead_holder_is_reclaimed(bridge):
+    # A pod whose creator was SIGKILLed never released its lease.
+    script = textwrap.dedent(
+        """
+        import os, signal, sys, nsbox
+        pod = nsbox.Pod(network=nsbox.Bridge(sys.argv[1], subnet=sys.argv[2])).start()
+        print(pod.address.ip, pod.host_ifname, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    r = run_python(script, bridge.name, str(bridge.subnet))
+    stale_ip, stale_link = r.stdout.split()
+    lease = bridge._ipam.dir / stale_ip
+    assert lease.exists()  # left behind by the killed creator
+    import time
+
+    deadline = time.monotonic() + 5
+    while stale_link in {n for _, n in socket.if_nameindex()} and time.monotonic() < deadline:
+        time.sleep(0.02)  # the kernel removes the veth once the netns is gone
+    with nsbox.Pod(network=bridge) as pod:
+        assert str(pod.address.ip) == stale_ip  # reclaimed: its holder is dead
+    assert not lease.exists()
+
+
+def test_requested_address(bridge):
+    want = bridge.subnet.network_address + 77
+    net = nsbox.Bridge(bridge.name, subnet=str(bridge.subnet), address=str(want))
+    with nsbox.Pod(network=net) as pod:
+        assert pod.address.ip == want
+        before = holder_pids()
+        links = {n for _, n in socket.if_nameindex()}
+        with pytest.raises(nsbox.NetworkError, match="in use") as e:
+            nsbox.Pod(network=net).start()
+        assert e.value.errno == errno.EADDRINUSE
+        assert holder_pids() == before and {n for _, n in socket.if_nameindex()} == links
+
+
+def test_pool_exhaustion_rolls_back():
+    br = nsbox.Bridge("nsbtsmall", subnet="10.221.0.0/30")  # gateway + one pod
+    try:
+        with nsbox.Pod(network=br) as pod:
+            assert pod.address.ip == ipaddress.ip_address("10.221.0.2")
+            before = holder_pids()
+            with pytest.raises(nsbox.NetworkError, match="no free address") as e:
+                nsbox.Pod(network=br).start()
+            assert e.value.errno == errno.EADDRNOTAVAIL
+            assert holder_pids() == before and br.ports() == [pod.host_ifname]
+    finally:
+        br.remove()
+
+
+def test_name_of_a_non_bridge_link():
+    with nsbox.Pod(network=nsbox.Veth(address="10.222.0.2/24", host_address="10.222.0.1/24")) as pod:
+        br = nsbox.Bridge(pod.host_ifname, subnet="10.222.1.0/24")
+        with pytest.raises(nsbox.NetworkError, match="not a bridge"):
+            nsbox.Pod(network=br).start()
+    br.remove()  # nothing to remove: a no-op
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        (("nsbtx", "10.223.0.0/33"), {}, "not a network"),
+        (("nsbtx", "10.223.0.1/24"), {}, "not a network"),  # host bits set
+        (("nsbtx", "10.223.0.0/31"), {}, "too small"),
+        (("nsbtx", "10.223.0.0/24"), {"gateway": "10.224.0.1"}, "outside the bridge subnet"),
+        (("nsbtx", "10.223.0.0/24"), {"address": "10.224.0.9"}, "outside the bridge subnet"),
+        (("nsbtx", "10.223.0.0/24"), {"address": "10.223.0.1"}, "gateway"),
+        (("nsbtx", "10.223.0.0/24"), {"address": "10.223.0.255"}, "broadcast"),
+        (("a very long bridge name", "10.223.0.0/24"), {}, "1 to 15 bytes"),
+        (("br/0", "10.223.0.0/24"), {}, "must not contain"),
+    ],
+)
+def test_bad_bridge_arguments(args, kwargs, match):
+    with pytest.raises(nsbox.ConfigError, match=match):
+        nsbox.Bridge(*args, **kwargs)
+
+
+def test_remove_of_a_missing_bridge_is_a_noop():
+    nsbox.Bridge("nsbtnone", subnet="10.225.0.0/24").remove()
+    assert not os.path.exists("/run/nsbox/ipam/nsbtnone")
