@@ -317,6 +317,29 @@ class Pod:
         """A pidfd on the holder, or -1 when not running.  Owned by the pod."""
         return self._pidfd
 
+    def shape(self, *, delay: Any = None, jitter: Any = None, loss: Optional[float] = None, rate: Any = None) -> None:
+        """Set the shaping of the pod's link on a running pod (both ends, each
+        direction): ``delay``/``jitter`` like ``"50ms"``, ``loss`` in percent,
+        ``rate`` like ``"10mbit"``.  Keywords left out mean "none";
+        ``pod.shape()`` removes all shaping."""
+        from .net.shaping import Shaping, shape_link
+
+        shaping = Shaping.parse(delay, jitter, loss, rate)
+        with self._lock:
+            self._require_running()
+            if self._net is None:
+                raise ConfigError("the pod has no network to shape; create it with network=nsbox.Veth(...) or nsbox.Bridge(...)")
+            with self.namespace("net") as ns:
+                try:
+                    shape_link(self._net.host_ifname, self._net.ifname, ns.fileno(), shaping)
+                except BaseException:
+                    try:  # put the previous shaping back, so a failure changes nothing
+                        shape_link(self._net.host_ifname, self._net.ifname, ns.fileno(), self._net.shaping)
+                    except Exception:
+                        pass
+                    raise
+            self._net.shaping = shaping
+
     @property
     def address(self) -> Optional[Any]:
         """The pod's primary address (``ipaddress.IPv4Interface`` or

@@ -21,6 +21,7 @@ from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
 from pyroute2.netlink.rtnl import (
     RTM_DELADDR,
     RTM_DELLINK,
+    RTM_DELQDISC,
     RTM_GETLINK,
     RTM_NEWADDR,
     RTM_NEWLINK,

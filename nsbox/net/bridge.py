@@ -17,6 +17,7 @@ from ..errors import ConfigError, NetworkError
 from . import _netlink as nl
 from ._names import check_ifname, check_mac, check_mtu
 from .ipam import Ipam, owner_of
+from .shaping import Shaping, shape_link
 from .veth import Attachment, _check, _detach_quietly, _index, configure_pod_side, create_pair
 
 __all__ = ["Bridge"]
@@ -36,7 +37,8 @@ class Bridge:
     ``gateway`` defaults to the subnet's first address; the bridge gets it and
     pods route through it.  ``address`` asks for a specific pod address
     instead of the next free one.  ``ifname``, ``host_ifname``, ``mtu`` and
-    ``mac`` are as for :class:`nsbox.Veth`.
+    ``mac`` are as for :class:`nsbox.Veth`, and so are the shaping keywords
+    ``delay``, ``jitter``, ``loss`` and ``rate`` (applied to the pod's port).
     """
 
     def __init__(
@@ -50,8 +52,13 @@ class Bridge:
         host_ifname: Optional[str] = None,
         mtu: Optional[int] = None,
         mac: Optional[str] = None,
+        delay: Any = None,
+        jitter: Any = None,
+        loss: Optional[float] = None,
+        rate: Any = None,
     ):
         self.name = check_ifname(name, "bridge name")
+        self.shaping = Shaping.parse(delay, jitter, loss, rate)
         try:
             self.subnet = ipaddress.ip_network(subnet)
         except (TypeError, ValueError) as e:
@@ -99,6 +106,9 @@ class Bridge:
                 host_index = _index(host, att.host_ifname)
                 _check(host, [nl.link_set(host_index, att.host_ifname, up=True, master=bridge_index)])
                 configure_pod_side(pod_netns_fd, self.ifname, iface, gateway=self.gateway.ip)
+                if self.shaping:
+                    shape_link(att.host_ifname, att.ifname, pod_netns_fd, self.shaping)
+                    att.shaping = self.shaping
             except BaseException:
                 _detach_quietly(att)
                 raise

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from ..errors import ConfigError, NetworkError
 from . import _netlink as nl
 from ._names import Interface, check_ifname, check_interface, check_mac, check_mtu, random_host_name
+from .shaping import Shaping, shape_link
 
 __all__ = ["Veth", "Attachment"]
 
@@ -30,6 +31,7 @@ class Attachment:
     ifname: str
     address: Optional[Interface] = None
     host_address: Optional[Interface] = None
+    shaping: Shaping = field(default_factory=Shaping)
     undo: list = field(default_factory=list)  # extra teardown steps, run in reverse
 
     def detach(self) -> None:
@@ -62,6 +64,10 @@ class Veth:
     ``ifname`` names the pod end (default ``eth0``); ``host_ifname`` the host
     end (default: ``nsbx`` + 8 random hex digits, retried if taken).  ``routes``
     adds routes to more networks via the host end.
+
+    ``delay``/``jitter`` (``"50ms"``), ``loss`` (percent) and ``rate``
+    (``"10mbit"``) shape the link in each direction; change them on a running
+    pod with :meth:`nsbox.Pod.shape`.
     """
 
     def __init__(
@@ -76,8 +82,13 @@ class Veth:
         host_mac: Optional[str] = None,
         routes: Iterable[Any] = (),
         default_route: bool = True,
+        delay: Any = None,
+        jitter: Any = None,
+        loss: Optional[float] = None,
+        rate: Any = None,
     ):
         self.address = check_interface(address, "address")
+        self.shaping = Shaping.parse(delay, jitter, loss, rate)
         self.host_address = None if host_address is None else check_interface(host_address, "host_address")
         if self.host_address is not None:
             if self.host_address.version != self.address.version:
@@ -125,6 +136,9 @@ class Veth:
                 configure_pod_side(pod_netns_fd, self.ifname, self.address,
                                    gateway=self.host_address.ip if self.default_route and self.host_address else None,
                                    routes=self.routes, via=self.host_address.ip if self.host_address else None)
+                if self.shaping:
+                    shape_link(att.host_ifname, att.ifname, pod_netns_fd, self.shaping)
+                    att.shaping = self.shaping
             except BaseException:
                 _detach_quietly(att)
                 raise

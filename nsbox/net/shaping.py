@@ -1,0 +1,142 @@
+"""Link shaping (like Mininet's TCLink, CNI bandwidth): one netem qdisc on
+each end of a pod's link, set over rtnetlink.
+
+``delay`` and ``jitter`` apply to each direction (a ping's round trip grows
+by twice the delay, as with Mininet), ``loss`` is a percentage per
+direction, ``rate`` caps each direction.
+"""
+from __future__ import annotations
+
+import errno
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..errors import ConfigError, NetworkError
+from . import _netlink as nl
+
+__all__ = ["Shaping"]
+
+_TIME = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(us|ms|s)\s*$")
+_RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)\s*$", re.I)
+_TIME_UNITS = {"us": 1, "ms": 1000, "s": 1_000_000}
+_RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9,
+               "bps": 8, "kbps": 8 * 10**3, "mbps": 8 * 10**6, "gbps": 8 * 10**9}
+_MAX_RATE_BYTES = 2**32 - 1
+_MAX_DELAY_US = 60_000_000  # one minute; netem's limit is far higher, sanity is not
+
+
+def _usec(value: Any, what: str) -> int:
+    """'50ms' / '100us' / '1.5s' / seconds as a number -> microseconds."""
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be a duration like '50ms', not {value!r}")
+    if isinstance(value, (int, float)):
+        us = value * 1_000_000
+    elif isinstance(value, str) and (m := _TIME.match(value)):
+        us = float(m.group(1)) * _TIME_UNITS[m.group(2)]
+    else:
+        raise ConfigError(f"{what} must be a duration like '50ms', '200us' or '1s' (or seconds as a number), not {value!r}")
+    if not 0 <= us <= _MAX_DELAY_US:
+        raise ConfigError(f"{what} {value!r} is out of range (0 to 60s)")
+    return int(round(us))
+
+
+def _bits_per_second(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        raise ConfigError(f"rate must be like '10mbit', not {value!r}")
+    if isinstance(value, (int, float)):
+        bps = float(value)
+    elif isinstance(value, str) and (m := _RATE.match(value)):
+        bps = float(m.group(1)) * _RATE_UNITS[m.group(2).lower()]
+    else:
+        raise ConfigError(f"rate must be like '10mbit', '500kbit' or '1gbit' (or bits per second), not {value!r}")
+    if not 8 <= bps <= _MAX_RATE_BYTES * 8:
+        raise ConfigError(f"rate {value!r} is out of range (8 bit/s to 34 Gbit/s)")
+    return int(bps)
+
+
+@dataclass(frozen=True)
+class Shaping:
+    delay_us: int = 0
+    jitter_us: int = 0
+    loss: float = 0.0
+    rate_bps: int = 0
+
+    @classmethod
+    def parse(cls, delay: Any = None, jitter: Any = None, loss: Any = None, rate: Any = None) -> "Shaping":
+        d = _usec(delay, "delay")
+        j = _usec(jitter, "jitter")
+        if j and not d:
+            raise ConfigError("jitter needs a delay (jitter varies the delay)")
+        if j > d:
+            raise ConfigError(f"jitter ({jitter}) must not exceed delay ({delay})")
+        if loss is None:
+            lo = 0.0
+        elif isinstance(loss, bool) or not isinstance(loss, (int, float)) or not 0 <= loss <= 100:
+            raise ConfigError(f"loss must be a percentage from 0 to 100, not {loss!r}")
+        else:
+            lo = float(loss)
+        return cls(d, j, lo, _bits_per_second(rate))
+
+    def __bool__(self) -> bool:
+        return bool(self.delay_us or self.jitter_us or self.loss or self.rate_bps)
+
+    @property
+    def needs_netem(self) -> bool:
+        return bool(self.delay_us or self.jitter_us or self.loss)
+
+    def request(self, index: int, name: str) -> nl.Request:
+        """netem for delay/jitter/loss (with its own rate cap); tbf for a rate alone."""
+        if self.needs_netem:
+            from pyroute2.netlink.rtnl.tcmsg import sched_netem
+
+            params: dict[str, Any] = {"delay": self.delay_us, "jitter": self.jitter_us, "loss": self.loss}
+            if self.rate_bps:
+                params["rate"] = self.rate_bps // 8  # netem wants bytes per second
+            return nl.qdisc(index, name, "netem", sched_netem.get_parameters(params))
+        from pyroute2.netlink.rtnl.tcmsg import sched_tbf
+
+        rate = self.rate_bps // 8
+        burst = max(rate // 100, 16 * 1514)  # >= rate/HZ, and a few full frames
+        return nl.qdisc(index, name, "tbf", sched_tbf.get_parameters({"rate": rate, "burst": burst, "latency": 50_000}))
+
+
+def _delete_root(index: int, name: str) -> nl.Request:
+    req = nl.qdisc(index, name, "", {})
+    req.msg["attrs"] = []
+    req.type, req.flags, req.what = nl.RTM_DELQDISC, nl.CHANGE, f"removing shaping from {name}"
+    return req
+
+
+def apply(rtnl: nl.Rtnl, ifname: str, shaping: Shaping) -> None:
+    """Replace the shaping of ``ifname`` (an empty ``shaping`` removes it)."""
+    index = rtnl.link_index(ifname)
+    if index is None:
+        raise NetworkError(errno.ENODEV, f"interface {ifname} does not exist (is the pod running?)")
+    reqs = [_delete_root(index, ifname)]
+    if shaping:
+        reqs.append(shaping.request(index, ifname))
+    errors = rtnl.run(reqs)
+    if errors[0] is not None and errors[0].errno not in (errno.ENOENT, errno.EINVAL):
+        raise NetworkError(errors[0].errno, errors[0].strerror)
+    if len(errors) > 1 and errors[1] is not None:
+        err = errors[1]
+        if err.errno == errno.ENOENT and shaping.needs_netem:
+            raise NetworkError(
+                errno.EOPNOTSUPP,
+                f"{err.strerror}: this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM), so delay, jitter "
+                "and loss cannot be emulated; rate limiting alone (tbf) still works",
+            )
+        raise NetworkError(err.errno, err.strerror)
+
+
+def shape_link(host_ifname: str, ifname: str, pod_netns_fd: int, shaping: Shaping) -> None:
+    """Apply ``shaping`` to both ends of a pod's link."""
+    with nl.Rtnl() as host:
+        apply(host, host_ifname, shaping)
+    with nl.Rtnl(nl.socket_in_netns(pod_netns_fd)) as pod:
+        apply(pod, ifname, shaping)
