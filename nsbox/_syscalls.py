@@ -65,6 +65,7 @@ class SpawnRequest:
     extra_fd_dst: int = -1
     ready_fd: int = -1
     keep_fds: Sequence[int] = field(default_factory=tuple)
+    keep_signals_blocked: bool = False
     setsid: bool = False
     pgid: int = -1
     umask: int = -1
@@ -127,6 +128,7 @@ def spawn(r: SpawnRequest) -> tuple[int, int]:
     keep.append(kf)
     req.keep_fds = kf
     req.n_keep = len(keep_fds)
+    req.keep_signals_blocked = int(r.keep_signals_blocked)
     req.setsid = int(r.setsid)
     req.pgid = r.pgid
     req.umask = r.umask

@@ -89,6 +89,7 @@ def start_holder(
                 extra_fd_src=creator_pidfd(),
                 extra_fd_dst=_CREATOR_FD,
                 ready_fd=_READY_FD,
+                keep_signals_blocked=True,  # nothing is lost before its signalfd exists
             )
         )
     finally:

@@ -131,6 +131,16 @@ def _thread_count() -> int:
 @contextlib.contextmanager
 def _target_pidfd(target: Target) -> Iterator[tuple[int, str]]:
     """Yield ``(pidfd, description)`` for ``target``; closes what it opened."""
+    dup = getattr(target, "_dup_pidfd", None)
+    if dup is not None:
+        lock = getattr(target, "_lock")
+        with lock:
+            fd = dup()  # a private copy: valid even if the pod is stopped meanwhile
+        try:
+            yield fd, repr(target)
+        finally:
+            os.close(fd)
+        return
     pidfd = getattr(target, "pidfd", None)
     if pidfd is not None and not isinstance(target, int):
         if pidfd < 0:
@@ -214,8 +224,11 @@ def joined(target: Target, kinds: KindsArg) -> Iterator[None]:
             "joined() cannot include 'user': a user namespace cannot be left once joined; "
             "use pod.run()/pod.spawn() (or nsbox.join() in a process of its own)"
         )
+    places: list[int] = []
     if "mnt" in kinds:
         _unshare_fs()
+        # setns(mnt) moves cwd and root to the new namespace's root: keep them.
+        places = [os.open("/", os.O_PATH | os.O_CLOEXEC), os.open(".", os.O_PATH | os.O_CLOEXEC)]
     saved: list[Namespace] = []
     try:
         for k in kinds:
@@ -224,11 +237,24 @@ def joined(target: Target, kinds: KindsArg) -> Iterator[None]:
     except BaseException:
         for ns in saved:
             ns.close()
+        _close_all(places)
         raise
     try:
         yield
     finally:
-        _restore(saved)
+        try:
+            _restore(saved)
+            if places:
+                os.fchdir(places[0])
+                os.chroot(".")
+                os.fchdir(places[1])
+        finally:
+            _close_all(places)
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _restore(saved: list[Namespace]) -> None:

@@ -8,6 +8,7 @@ ends, everything reaped.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -202,32 +203,37 @@ class Pod:
 
     def _open_members(self) -> list[int]:
         """pidfds of every process of the pod we can find, holder excluded:
-        the holder's descendants and the spawned processes' descendants."""
-        roots = [self._pid] + [p.pid for p in self._members if p.returncode is None]
-        seen: set[int] = set()
-        fds: list[int] = []
-        stack = list(roots)
+        the holder's descendants, the spawned processes and their descendants,
+        and (without a PID namespace) every process in the pod's namespace."""
         kind = "pid" if "pid" in self.kinds else self.kinds[0]
         inode = self._inodes.get(kind)
+        spawned = {p.pid: p for p in self._members if p.returncode is None}
+        candidates: dict[int, int] = {}  # pid -> the parent it was found under
+        stack = [(self._pid, 0)] + [(pid, 0) for pid in spawned]
         while stack:
-            pid = stack.pop()
-            if pid in seen:
+            pid, parent = stack.pop()
+            if pid in candidates:
                 continue
-            seen.add(pid)
-            stack.extend(_children(pid))
+            candidates[pid] = parent
+            stack.extend((child, pid) for child in _children(pid))
+        if "pid" not in self.kinds and inode is not None:
+            for pid in _pids_in_namespace(kind, inode):
+                candidates.setdefault(pid, 0)
+        fds: list[int] = []
+        for pid, parent in candidates.items():
             if pid == self._pid:
+                continue
+            if pid in spawned:
+                if spawned[pid].pidfd >= 0:  # ours and unreaped: no reuse possible
+                    fds.append(fcntl.fcntl(spawned[pid].pidfd, fcntl.F_DUPFD_CLOEXEC, 3))
                 continue
             try:
                 fd = _syscalls.pidfd_open(pid)
             except OSError:
                 continue
-            # The PID could have been reused before pidfd_open: keep it only if
-            # it is in the pod (checked after the pidfd pins the process).
-            try:
-                same = os.stat(f"/proc/{pid}/ns/{kind}").st_ino == inode
-            except OSError:
-                same = False
-            if same:
+            # The PID could have been reused before pidfd_open pinned it: keep
+            # it if it is in the pod, or still the child of where we found it.
+            if _in_namespace(pid, kind, inode) or (parent and _ppid(pid) == parent):
                 fds.append(fd)
             else:
                 os.close(fd)
@@ -258,6 +264,8 @@ class Pod:
             wait_any(fds, 0.05 if left is None else min(left, 0.05))
             if not pid_is_alive(self._pidfd):
                 break
+            if _is_exiting(self._pid):  # type: ignore[arg-type]
+                self._reap_stray_zombies()
         try:
             info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
         except ChildProcessError:
@@ -269,6 +277,27 @@ class Pod:
         else:
             self._returncode = -info.si_status
         return True
+
+    def _reap_stray_zombies(self) -> None:
+        """The holder is exiting but the kernel waits until every process of
+        its PID namespace is reaped: zombies that are *our* children and not
+        pod members (started with plain subprocess inside ``joined("pid")``)
+        would block it forever.  Reap those."""
+        known = {p.pid for p in self._members}
+        for pid in _children(os.getpid()):
+            if pid in known or pid == self._pid:
+                continue
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    status = f.read()
+            except OSError:
+                continue
+            nspid = [line for line in status.splitlines() if line.startswith("NSpid:")]
+            if "State:\tZ" in status and nspid and len(nspid[0].split()) > 2:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
 
     def _finish(self) -> None:
         # With a PID namespace every member is dead once the holder is reaped;
@@ -289,17 +318,38 @@ class Pod:
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Wait for the holder to exit (it does on SIGTERM/SIGINT, or when
-        stopped); return its exit status.  Raises subprocess.TimeoutExpired."""
+        stopped); return its exit status.  Raises subprocess.TimeoutExpired.
+
+        Other threads may use the pod (and stop it) meanwhile."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if self._state == "new":
                 raise NotRunningError(errno.ESRCH, "pod was never started")
-            if self._state == "running":
-                deadline = None if timeout is None else time.monotonic() + timeout
-                if not self._reap_holder(deadline):
+            fd = self._dup_pidfd() if self._state == "running" else -1
+        try:
+            while True:
+                with self._lock:
+                    if self._state == "stopped":
+                        assert self._returncode is not None
+                        return self._returncode
+                    if not pid_is_alive(self._pidfd):
+                        self._reap_holder(None)
+                        self._finish()
+                        continue
+                    self._reap_members()  # the holder cannot end while they are zombies
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
                     raise subprocess.TimeoutExpired(["nsbox-init"], timeout or 0)
-                self._finish()
-            assert self._returncode is not None
-            return self._returncode
+                wait_any([fd], 0.05 if left is None else min(left, 0.05))
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _dup_pidfd(self) -> int:
+        """A private duplicate of the holder's pidfd (call with the lock held):
+        it stays valid, and names the holder, even if stop() closes ours."""
+        self._require_running()
+        return fcntl.fcntl(self._pidfd, fcntl.F_DUPFD_CLOEXEC, 3)
 
     @property
     def alive(self) -> bool:
@@ -329,7 +379,7 @@ class Pod:
             self._require_running()
             if self._net is None:
                 raise ConfigError("the pod has no network to shape; create it with network=nsbox.Veth(...) or nsbox.Bridge(...)")
-            with self.namespace("net") as ns:
+            with self._namespace("net") as ns:
                 try:
                     shape_link(self._net.host_ifname, self._net.ifname, ns.fileno(), shaping)
                 except BaseException:
@@ -358,6 +408,10 @@ class Pod:
 
     def namespace(self, kind: str) -> Namespace:
         """A new handle on one of the pod's namespaces (close it when done)."""
+        with self._lock:
+            return self._namespace(kind)
+
+    def _namespace(self, kind: str) -> Namespace:
         self._require_running()
         if kind not in self.kinds:
             parse_kinds(kind)
@@ -567,6 +621,38 @@ def _children(pid: int) -> list[int]:
         except OSError:
             pass
     return out
+
+
+def _in_namespace(pid: int, kind: str, inode: Optional[int]) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino == inode
+    except OSError:
+        return False
+
+
+def _pids_in_namespace(kind: str, inode: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _in_namespace(int(name), kind, inode):
+            out.append(int(name))
+    return out
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _is_exiting(pid: int) -> bool:
+    """True once ``pid`` is inside exit() (PF_EXITING in /proc/PID/stat flags)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return bool(int(f.read().rsplit(b")", 1)[1].split()[6]) & 0x4)
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def _signal_quietly(pidfd: int, sig: int) -> None:

@@ -17,7 +17,7 @@ import threading
 from typing import Any, Optional
 
 from . import _syscalls
-from .errors import ConfigError, NotRunningError, namespace_error
+from .errors import ConfigError, NotRunningError, PrivilegeError, namespace_error, os_error
 
 __all__ = ["PodProcess"]
 
@@ -136,6 +136,13 @@ class PodProcess(subprocess.Popen):
             return OSError(f.errno, os.strerror(f.errno), executable)
         if f.stage == "chdir":
             return OSError(f.errno, os.strerror(f.errno), cwd)
+        if f.stage == "setns pid" and f.errno == errno.EPERM and self._join_flags & 0x10000000:
+            return os_error(
+                PrivilegeError, f.errno,
+                f"joining the PID namespace of {self._desc} needs CAP_SYS_ADMIN in this process "
+                "(the pod's user namespace is entered after it, by the child); run as root, or "
+                "spawn with kinds= leaving out 'pid' (nsbox does not yet do this rootless)",
+            )
         if f.stage in ("setns", "setns pid"):
             if f.errno == errno.ESRCH:
                 return NotRunningError(errno.ESRCH, f"cannot spawn into {self._desc}: its holder has exited")

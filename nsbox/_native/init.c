@@ -38,8 +38,12 @@
 
 static int verbose_reap;
 
-/* Signals the kernel raises synchronously for a fault: never block them. */
-static const int kernel_signals[] = {SIGFPE, SIGILL, SIGSEGV, SIGBUS, SIGABRT, SIGTRAP, SIGSYS};
+/*
+ * Signals the kernel raises synchronously for a fault: never block them.
+ * (SIGABRT, SIGTRAP and SIGSYS are blocked: abort() and the kernel force
+ * them through anyway, and blocked they cannot be sent to kill the holder.)
+ */
+static const int kernel_signals[] = {SIGFPE, SIGILL, SIGSEGV, SIGBUS};
 
 static void usage(FILE *out)
 {

@@ -23,6 +23,7 @@ struct nsbox_spawn_req {
                                        program must write 'R' when ready */
     const int *keep_fds;            /* sorted; kept open and made inheritable */
     int n_keep;
+    int keep_signals_blocked;       /* exec with every signal still blocked */
     int setsid;
     int pgid;                       /* < 0: leave */
     int umask;                      /* < 0: leave */

@@ -49,6 +49,7 @@ struct spawn_ctx {
     struct nsbox_spawn_result *res;
     int status_wr;     /* child -> parent, CLOEXEC */
     int sync_rd;       /* parent -> child "maps written", or -1 */
+    int sync_wr;       /* the parent's end: the child must close its copy */
 };
 
 int nsbox_pidfd_open(int pid, unsigned int flags)
@@ -188,6 +189,9 @@ static int child_main(void *arg)
     if (ctx->sync_rd >= 0) {
         char c;
         ssize_t n;
+        /* Our copy of the write end would keep us from seeing EOF if the
+         * parent dies before it releases us. */
+        close(ctx->sync_wr);
         do
             n = read(ctx->sync_rd, &c, 1);
         while (n < 0 && errno == EINTR);
@@ -256,18 +260,26 @@ static int child_main(void *arg)
         child_fail(st, "setsid", errno);
     if (r->pgid >= 0 && setpgid(0, r->pgid) < 0)
         child_fail(st, "setpgid", errno);
-    if (r->n_groups >= 0 && setgroups((size_t)r->n_groups, (const gid_t *)r->groups) < 0)
+    /*
+     * Raw system calls: glibc's wrappers broadcast the change to every
+     * thread of the *parent* (whose memory we share) with signals.
+     */
+    if (r->n_groups >= 0 && syscall(SYS_setgroups, (size_t)r->n_groups, (const gid_t *)r->groups) < 0)
         child_fail(st, "setgroups", errno);
-    if (r->gid >= 0 && setregid((gid_t)r->gid, (gid_t)r->gid) < 0)
+    if (r->gid >= 0 && syscall(SYS_setresgid, (gid_t)r->gid, (gid_t)r->gid, (gid_t)r->gid) < 0)
         child_fail(st, "setgid", errno);
-    if (r->uid >= 0 && setreuid((uid_t)r->uid, (uid_t)r->uid) < 0)
+    if (r->uid >= 0 && syscall(SYS_setresuid, (uid_t)r->uid, (uid_t)r->uid, (uid_t)r->uid) < 0)
         child_fail(st, "setuid", errno);
 
-    /* A clean signal state: default dispositions, nothing blocked. */
+    /* A clean signal state: default dispositions, nothing blocked -- except
+     * for a program that asked to start with everything blocked (the holder:
+     * a signal sent before it routes them to its signalfd stays pending). */
     for (int sig = 1; sig < _NSIG; sig++)
         reset_signal(sig);
-    sigemptyset(&empty);
-    sigprocmask(SIG_SETMASK, &empty, NULL);
+    if (!r->keep_signals_blocked) {
+        sigemptyset(&empty);
+        sigprocmask(SIG_SETMASK, &empty, NULL);
+    }
 
     for (const char *const *p = r->exec_paths; *p; p++) {
         if (r->envp)
@@ -314,8 +326,15 @@ static int write_id_maps(const struct nsbox_spawn_req *r, pid_t pid, struct nsbo
     if (r->gid_map) {
         snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)pid);
         if (write_file(path, r->gid_map) < 0) {
-            set_error(res, "write gid_map", errno);
-            return -1;
+            /* Without CAP_SETGID the kernel takes a gid_map only once
+             * setgroups() is disabled in the new namespace: do that, retry. */
+            char sg[64];
+            int e = errno;
+            snprintf(sg, sizeof(sg), "/proc/%d/setgroups", (int)pid);
+            if (e != EPERM || write_file(sg, "deny") < 0 || write_file(path, r->gid_map) < 0) {
+                set_error(res, "write gid_map", e);
+                return -1;
+            }
         }
     }
     if (r->uid_map) {
@@ -379,6 +398,7 @@ static int do_spawn(const struct nsbox_spawn_req *r, struct nsbox_spawn_result *
     ctx.res = res;
     ctx.status_wr = status[1];
     ctx.sync_rd = sync[0];
+    ctx.sync_wr = sync[1];
     pid = clone(child_main, (char *)stack + CHILD_STACK_SIZE,
                 CLONE_VM | CLONE_PIDFD | r->new_flags | SIGCHLD, &ctx, &pidfd);
     if (pid < 0) {
