@@ -10,8 +10,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 # gcc/libc6-dev: the native parts (static nsbox-init needs libc.a);
 # python3-dev: cffi's extension; libcap-dev: python-prctl;
-# procps/iproute2/util-linux/iputils-ping: tools the tests and the demo call.
-APT_PACKAGES := gcc libc6-dev python3-dev libcap-dev procps iproute2 util-linux iputils-ping
+# procps/iproute2/util-linux/iputils-ping: tools the tests and the demo call;
+# nftables: nft, for port publishing.
+APT_PACKAGES := gcc libc6-dev python3-dev libcap-dev procps iproute2 util-linux iputils-ping nftables
 SOURCES := $(shell find nsbox -name '*.py' -o -name '*.c' -o -name '*.h') setup.py pyproject.toml
 PYTEST_ARGS ?=
 

@@ -55,6 +55,10 @@ class Pod:
     mount_proc
         Mount a fresh ``/proc`` so ``ps`` in the pod sees only the pod.  Needs
         ``"mnt"``; default: on when both ``"mnt"`` and ``"pid"`` are present.
+    ports
+        ``{host_port: pod_port}`` (keys may be ``"5353/udp"``): publish pod
+        ports on the host's addresses (127.0.0.1 included) via nftables.
+        Needs ``network``.
     network
         How the pod is wired: :class:`nsbox.Veth` (a point-to-point link to the
         host) or :class:`nsbox.Bridge` (a shared bridge with IPAM).  Without it the pod has only ``lo`` (always up).
@@ -73,6 +77,7 @@ class Pod:
         uid_map: Optional[IdMap] = None,
         gid_map: Optional[IdMap] = None,
         network: Optional[Any] = None,
+        ports: Optional[Any] = None,
     ):
         self.kinds: tuple[str, ...] = parse_kinds(kinds)
         if "time" in self.kinds:
@@ -99,6 +104,13 @@ class Pod:
             if "net" not in self.kinds:
                 raise ConfigError("network= needs the 'net' kind (a network namespace of the pod's own)")
         self.network = network
+        self.ports: list = []
+        if ports:
+            from .net.ports import parse_ports
+
+            if network is None:
+                raise ConfigError("ports= needs a network (network=nsbox.Bridge(...) or nsbox.Veth(...))")
+            self.ports = parse_ports(ports)
         self._net: Optional[Any] = None  # what the network made for this pod
         self._lock = threading.RLock()
         self._state = "new"  # new -> running -> stopped
@@ -146,6 +158,15 @@ class Pod:
         if self.network is not None:
             with Namespace.from_pid(self._pid, "net") as ns:  # type: ignore[arg-type]
                 self._net = self.network._attach(ns.fileno(), self._pid)
+            if self.ports:
+                from .net.ipam import owner_of
+                from .net.ports import publish
+
+                owner = owner_of(self._pid)  # type: ignore[arg-type]
+                if owner is None:
+                    raise NotRunningError(errno.ESRCH, "the holder exited while the pod was starting")
+                published = publish(owner, self._net.address, self._net.route_ifname, self.ports)
+                self._net.undo.append(published.remove)
 
     def _rollback(self) -> None:
         self._kill_holder(signal.SIGKILL)

@@ -86,7 +86,11 @@ def run_state() -> set[str]:
     from nsbox.net.ipam import run_dir
 
     root = run_dir()
-    return {str(p) for p in root.rglob("*")} if root.exists() else set()
+    # Lock files and directories may stay (removing a lock others may wait on
+    # is unsafe); leases, reservations and anything else may not.
+    if not root.exists():
+        return set()
+    return {str(p) for p in root.rglob("*") if p.is_file() and p.name != "lock"}
 
 
 @pytest.fixture(autouse=True)

@@ -101,6 +101,7 @@ class Bridge:
                 self._ipam.release(addr, owner)
                 raise
             att.address, att.host_address = iface, self.gateway
+            att.route_ifname = self.name
             att.undo.append(lambda: self._ipam.release(addr, owner))
             try:
                 host_index = _index(host, att.host_ifname)

@@ -32,6 +32,7 @@ class Attachment:
     address: Optional[Interface] = None
     host_address: Optional[Interface] = None
     shaping: Shaping = field(default_factory=Shaping)
+    route_ifname: str = ""  # the host interface the pod is routed through
     undo: list = field(default_factory=list)  # extra teardown steps, run in reverse
 
     def detach(self) -> None:
@@ -126,6 +127,7 @@ class Veth:
             att = create_pair(host, pod_netns_fd, self.ifname, self.host_ifname, mtu=self.mtu,
                               mac=self.mac, host_mac=self.host_mac)
             att.address, att.host_address = self.address, self.host_address
+            att.route_ifname = att.host_ifname
             try:
                 host_index = _index(host, att.host_ifname)
                 reqs = []

@@ -1,0 +1,134 @@
+"""Port publishing with nftables: host -> pod through the mapping, rules
+tagged and removed, ports reserved across pods."""
+import errno
+import subprocess
+import sys
+import textwrap
+import urllib.request
+
+import pytest
+
+import nsbox
+from helpers import run_python
+
+SERVER = textwrap.dedent(
+    """
+    import http.server, socketserver, sys
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.end_headers()
+            self.wfile.write(b"pod saw " + self.client_address[0].encode())
+        def log_message(self, *a):
+            pass
+    socketserver.TCPServer.allow_reuse_address = True
+    srv = socketserver.TCPServer(("0.0.0.0", int(sys.argv[1])), H)
+    print("ready", flush=True)
+    srv.serve_forever()
+    """
+)
+
+
+def nsbox_rules() -> str:
+    r = subprocess.run(["nft", "list", "table", "ip", "nsbox"], capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else ""
+
+
+def serve(pod, port):
+    p = pod.spawn([sys.executable, "-c", SERVER, str(port)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "ready\n"
+    return p
+
+
+def get(host, port):
+    return urllib.request.urlopen(f"http://{host}:{port}/", timeout=5).read().decode()
+
+
+def test_published_port_reachable_from_the_host(bridge):
+    with nsbox.Pod(network=bridge, ports={18081: 80}) as pod:
+        server = serve(pod, 80)
+        assert get("127.0.0.1", 18081) == f"pod saw {bridge.gateway.ip}"
+        assert get(str(bridge.gateway.ip), 18081) == f"pod saw {bridge.gateway.ip}"
+        assert nsbox_rules().count(f"dnat to {pod.address.ip}:80") == 2
+        server.kill()
+        server.wait()
+        server.stdout.close()
+    assert "nsbox:" not in nsbox_rules()
+
+
+def test_veth_pod_ports_and_udp():
+    net = nsbox.Veth(address="10.226.0.2/24", host_address="10.226.0.1/24")
+    with nsbox.Pod(network=net, ports={18082: 8080, "18083/udp": 53}) as pod:
+        server = serve(pod, 8080)
+        assert get("127.0.0.1", 18082) == "pod saw 10.226.0.1"
+        assert "udp dport 18083 dnat to 10.226.0.2:53" in nsbox_rules()
+        server.kill()
+        server.wait()
+        server.stdout.close()
+    assert "nsbox:" not in nsbox_rules()
+
+
+def test_port_published_twice_is_refused(bridge):
+    with nsbox.Pod(network=bridge, ports={18084: 80}):
+        with pytest.raises(nsbox.NetworkError, match="already published") as e:
+            nsbox.Pod(network=bridge, ports={18084: 81}).start()
+        assert e.value.errno == errno.EADDRINUSE
+        assert len(bridge.leases()) == 1  # the failed pod's lease went back
+
+
+def test_port_used_by_a_host_process_is_refused(bridge):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 18085))
+        s.listen()
+        with pytest.raises(nsbox.NetworkError, match="in use by a host process"):
+            nsbox.Pod(network=bridge, ports={18085: 80}).start()
+    assert "nsbox:" not in nsbox_rules()
+
+
+def test_rules_of_a_killed_creator_are_swept(bridge):
+    script = textwrap.dedent(
+        """
+        import os, signal, sys, nsbox
+        pod = nsbox.Pod(network=nsbox.Bridge(sys.argv[1], subnet=sys.argv[2]), ports={18086: 80}).start()
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    run_python(script, bridge.name, str(bridge.subnet))
+    assert "dport 18086" in nsbox_rules()  # left behind by the SIGKILL
+    with nsbox.Pod(network=bridge, ports={18086: 80}) as pod:  # same port: the dead one is swept
+        assert nsbox_rules().count("dport 18086") == 2
+        assert f"dnat to {pod.address.ip}:80" in nsbox_rules()
+    assert "nsbox:" not in nsbox_rules()
+
+
+def test_holder_sigkilled_rules_and_lease_removed_by_stop(bridge):
+    import os
+    import signal
+
+    pod = nsbox.Pod(network=bridge, ports={18087: 80}).start()
+    os.kill(pod.pid, signal.SIGKILL)
+    pod.stop()
+    assert "nsbox:" not in nsbox_rules()
+    assert bridge.leases() == {} and bridge.ports() == []
+
+
+@pytest.mark.parametrize(
+    "ports, match",
+    [
+        ([8080], "mapping"),
+        ({0: 80}, "host port"),
+        ({8080: 70000}, "pod port"),
+        ({"8080/sctp": 80}, "tcp or udp"),
+        ({"x": 80}, "host port"),
+        ({8080: 80, "8080/tcp": 81}, "twice"),
+    ],
+)
+def test_bad_ports(bridge, ports, match):
+    with pytest.raises(nsbox.ConfigError, match=match):
+        nsbox.Pod(network=bridge, ports=ports)
+
+
+def test_ports_need_a_network():
+    with pytest.raises(nsbox.ConfigError, match="needs a network"):
+        nsbox.Pod(ports={8080: 80})
