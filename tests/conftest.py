@@ -83,14 +83,10 @@ def no_leftover_links():
 
 
 def run_state() -> set[str]:
-    from nsbox.net.ipam import run_dir
+    from nsbox.net.state import run_dir
 
     root = run_dir()
-    # Lock files and directories may stay (removing a lock others may wait on
-    # is unsafe); leases, reservations and anything else may not.
-    if not root.exists():
-        return set()
-    return {str(p) for p in root.rglob("*") if p.is_file() and p.name != "lock"}
+    return {str(p) for p in root.rglob("*")} if root.exists() else set()
 
 
 @pytest.fixture(autouse=True)

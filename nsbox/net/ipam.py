@@ -6,13 +6,12 @@ it): one file per leased address, named after it, holding the owner — the
 pod's holder — as ``PID START_TIME``.  The start time (``/proc/PID/stat``
 field 22) makes the owner check immune to PID reuse: a lease whose holder is
 gone, or whose PID now names another process, is free again.  Every change
-happens under an exclusive ``flock`` on ``lock`` in that directory.
+happens under nsbox's state lock (:mod:`nsbox.net.state`).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import ipaddress
 import os
 from collections.abc import Iterator
@@ -20,16 +19,13 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import NetworkError
+from .state import locked, prune, run_dir
 
-__all__ = ["Ipam", "Owner", "owner_of", "run_dir"]
+__all__ = ["Ipam", "Owner", "owner_of"]
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 Owner = tuple[int, int]  # (pid, start time in clock ticks since boot)
 _MAX_SCAN = 1 << 16  # addresses looked at before giving up on a huge subnet
-
-
-def run_dir() -> Path:
-    return Path(os.environ.get("NSBOX_RUN_DIR", "/run/nsbox"))
 
 
 def owner_of(pid: int) -> Optional[Owner]:
@@ -52,16 +48,8 @@ class Ipam:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            raise NetworkError(e.errno, f"cannot open the IPAM state in {self.dir}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked():
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     def _lease_path(self, addr: Address) -> Path:
         return self.dir / str(addr)
@@ -79,6 +67,7 @@ class Ipam:
     def allocate(self, owner: Owner, want: Optional[Address] = None) -> Address:
         """Lease ``want`` (or the lowest free address) to ``owner``.  Call
         inside :meth:`locked`."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if want is not None:
             if self._is_live(self._owner(self._lease_path(want))):
                 raise NetworkError(errno.EADDRINUSE, f"address {want} is in use by another pod")
@@ -111,13 +100,14 @@ class Ipam:
             path = self._lease_path(addr)
             if self._owner(path) == owner:
                 path.unlink(missing_ok=True)
+            prune(self.dir)  # the last lease gone: no directory left behind
 
     def live_leases(self) -> dict[Address, Owner]:
         out = {}
         if not self.dir.exists():
             return out
         for path in self.dir.iterdir():
-            if path.name in ("lock",) or path.name.startswith("."):
+            if path.name.startswith("."):
                 continue
             owner = self._owner(path)
             if self._is_live(owner):
@@ -126,6 +116,7 @@ class Ipam:
 
     def destroy(self) -> None:
         """Remove the state directory (call inside :meth:`locked`)."""
-        for path in self.dir.iterdir():
-            path.unlink(missing_ok=True)
-        self.dir.rmdir()
+        if self.dir.exists():
+            for path in self.dir.iterdir():
+                path.unlink(missing_ok=True)
+        prune(self.dir)

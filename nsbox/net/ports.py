@@ -7,25 +7,24 @@ too, but forwarding it needs ``net.ipv4.ip_forward=1``, a host-wide setting
 nsbox leaves to you.  Rules live in the table ``ip nsbox``, are tagged with the
 owning holder (``nsbox:PID:START_TIME``), added and removed in one ``nft``
 batch, and rules whose holder is dead are swept on the next publish.
-Host ports are reserved under ``/run/nsbox/ports/`` (flock), so two pods,
-in any processes, never publish the same one.
+Host ports are reserved under ``/run/nsbox/ports/`` (under nsbox's state
+lock), so two pods, in any processes, never publish the same one.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
-import os
 import re
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, NetworkError
-from .ipam import Owner, owner_of, run_dir
+from .ipam import Owner, owner_of
+from .state import locked as _locked
+from .state import prune, run_dir
 
 __all__ = ["parse_ports", "publish", "Published"]
 
@@ -106,6 +105,7 @@ def publish(owner: Owner, address: Any, route_ifname: str, ports: list[tuple[str
             if holder is not None and owner_of(holder[0]) == holder:
                 raise NetworkError(errno.EADDRINUSE, f"host port {host_port}/{proto} is already published by another pod")
             _check_free(proto, host_port)
+        _state_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
         for proto, host_port, _ in ports:
             path = _reservation(proto, host_port)
             path.write_text(f"{owner[0]} {owner[1]}\n")
@@ -132,6 +132,7 @@ def publish(owner: Owner, address: Any, route_ifname: str, ports: list[tuple[str
         except BaseException:
             for proto, host_port, _ in ports:
                 _reservation(proto, host_port).unlink(missing_ok=True)
+            prune(_state_dir())
             raise
     return pub
 
@@ -141,18 +142,6 @@ def publish(owner: Owner, address: Any, route_ifname: str, ports: list[tuple[str
 
 def _state_dir():
     return run_dir() / "ports"
-
-
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    d = _state_dir()
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _reservation(proto: str, port: int):
@@ -219,6 +208,8 @@ def _sweep_dead_rules() -> None:
                 dead.append((chain, int(m.group(3))))
     if dead:
         _nft("".join(f"delete rule ip {TABLE} {c} handle {h}\n" for c, h in dead), check=False)
+    if not _state_dir().exists():
+        return
     for path in _state_dir().glob("*-*"):
         owner = _read_owner(path)
         if owner is None or owner_of(owner[0]) != owner:
@@ -226,8 +217,7 @@ def _sweep_dead_rules() -> None:
 
 
 def _drop_table_if_empty() -> None:
-    # The lock file stays: removing it while others may wait on it would let
-    # two processes hold "the" lock at once.
     text = _list_table()
     if text and "nsbox:" not in text:
         _nft(f"delete table ip {TABLE}\n", check=False)
+    prune(_state_dir())

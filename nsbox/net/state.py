@@ -1,0 +1,49 @@
+"""nsbox's shared state directory and its one lock.
+
+Everything lives under ``/run/nsbox`` (``$NSBOX_RUN_DIR`` moves it).  All
+changes happen under an exclusive ``flock`` on that directory itself, so no
+lock file ever has to be created or removed, and empty subdirectories can
+be removed safely: nothing is left behind once the last pod is gone.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import NetworkError
+
+__all__ = ["run_dir", "locked", "prune"]
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("NSBOX_RUN_DIR", "/run/nsbox"))
+
+
+@contextlib.contextmanager
+def locked() -> Iterator[Path]:
+    """Hold the state lock (threads and processes alike); yields the directory."""
+    root = run_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise NetworkError(e.errno, f"cannot open nsbox's state directory {root}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield root
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def prune(path: Path) -> None:
+    """Remove ``path`` and its empty parents up to the state directory (with the lock held)."""
+    root = run_dir()
+    while path != root and root in path.parents:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent
