@@ -61,7 +61,8 @@ class Pod:
         Needs ``network``.
     network
         How the pod is wired: :class:`nsbox.Veth` (a point-to-point link to the
-        host) or :class:`nsbox.Bridge` (a shared bridge with IPAM).  Without it the pod has only ``lo`` (always up).
+        host) or :class:`nsbox.Bridge` (a shared bridge with IPAM), or a list
+        of them (each with its own ``ifname``; the first one is primary).  Without it the pod has only ``lo`` (always up).
     uid_map, gid_map
         With ``"user"``: the id mappings, as ``/proc/PID/uid_map`` text or a
         list of ``(inside, outside, count)``.  Default maps 0..65535 inside to
@@ -98,12 +99,8 @@ class Pod:
         if "user" in self.kinds:
             self._uid_map = _format_id_map("uid_map", uid_map, os.geteuid())
             self._gid_map = _format_id_map("gid_map", gid_map, os.getegid())
-        if network is not None:
-            if not hasattr(network, "_attach"):
-                raise ConfigError(f"network must be an nsbox.Veth or nsbox.Bridge, not {network!r}")
-            if "net" not in self.kinds:
-                raise ConfigError("network= needs the 'net' kind (a network namespace of the pod's own)")
-        self.network = network
+        self.networks: list = _check_networks(network, self.kinds)
+        self.network = self.networks[0] if self.networks else None
         self.ports: list = []
         if ports:
             from .net.ports import parse_ports
@@ -111,7 +108,7 @@ class Pod:
             if network is None:
                 raise ConfigError("ports= needs a network (network=nsbox.Bridge(...) or nsbox.Veth(...))")
             self.ports = parse_ports(ports)
-        self._net: Optional[Any] = None  # what the network made for this pod
+        self._nets: list = []  # what each network made for this pod (Attachment)
         self._lock = threading.RLock()
         self._state = "new"  # new -> running -> stopped
         self._pid: Optional[int] = None
@@ -155,9 +152,11 @@ class Pod:
         """Steps that need a running holder; any exception rolls the pod back."""
         for k in self.kinds:
             self._inodes[k] = os.stat(f"/proc/{self._pid}/ns/{k}").st_ino
-        if self.network is not None:
+        if self.networks:
             with Namespace.from_pid(self._pid, "net") as ns:  # type: ignore[arg-type]
-                self._net = self.network._attach(ns.fileno(), self._pid)
+                for i, net in enumerate(self.networks):
+                    # Only the first network may give the pod its default route.
+                    self._nets.append(net._attach(ns.fileno(), self._pid, primary=i == 0))
             if self.ports:
                 from .net.ipam import owner_of
                 from .net.ports import publish
@@ -165,8 +164,8 @@ class Pod:
                 owner = owner_of(self._pid)  # type: ignore[arg-type]
                 if owner is None:
                     raise NotRunningError(errno.ESRCH, "the holder exited while the pod was starting")
-                published = publish(owner, self._net.address, self._net.route_ifname, self.ports)
-                self._net.undo.append(published.remove)
+                published = publish(owner, self._nets[0].address, self._nets[0].route_ifname, self.ports)
+                self._nets[0].undo.append(published.remove)
 
     def _rollback(self) -> None:
         self._kill_holder(signal.SIGKILL)
@@ -328,14 +327,20 @@ class Pod:
                 p.kill()
                 p.wait()
         self._members = []
-        net, self._net = self._net, None
+        nets, self._nets = self._nets, []
         if self._pidfd >= 0:
             fd, self._pidfd = self._pidfd, -1
             os.close(fd)
         self._state = "stopped"
-        if net is not None:
-            # Host-side objects go by recorded name, whatever became of the netns.
-            net.detach()
+        # Host-side objects go by recorded name, whatever became of the netns.
+        errors = []
+        for att in reversed(nets):
+            try:
+                att.detach()
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Wait for the holder to exit (it does on SIGTERM/SIGINT, or when
@@ -388,39 +393,55 @@ class Pod:
         """A pidfd on the holder, or -1 when not running.  Owned by the pod."""
         return self._pidfd
 
-    def shape(self, *, delay: Any = None, jitter: Any = None, loss: Optional[float] = None, rate: Any = None) -> None:
+    def shape(self, *, delay: Any = None, jitter: Any = None, loss: Optional[float] = None, rate: Any = None,
+              ifname: Optional[str] = None) -> None:
         """Set the shaping of the pod's link on a running pod (both ends, each
         direction): ``delay``/``jitter`` like ``"50ms"``, ``loss`` in percent,
         ``rate`` like ``"10mbit"``.  Keywords left out mean "none";
-        ``pod.shape()`` removes all shaping."""
+        ``pod.shape()`` removes all shaping.  ``ifname`` picks the link of a
+        pod with several networks (default: the first)."""
         from .net.shaping import Shaping, shape_link
 
         shaping = Shaping.parse(delay, jitter, loss, rate)
         with self._lock:
             self._require_running()
-            if self._net is None:
-                raise ConfigError("the pod has no network to shape; create it with network=nsbox.Veth(...) or nsbox.Bridge(...)")
+            att = self._attachment(ifname)
             with self._namespace("net") as ns:
                 try:
-                    shape_link(self._net.host_ifname, self._net.ifname, ns.fileno(), shaping)
+                    shape_link(att.host_ifname, att.ifname, ns.fileno(), shaping)
                 except BaseException:
                     try:  # put the previous shaping back, so a failure changes nothing
-                        shape_link(self._net.host_ifname, self._net.ifname, ns.fileno(), self._net.shaping)
+                        shape_link(att.host_ifname, att.ifname, ns.fileno(), att.shaping)
                     except Exception:
                         pass
                     raise
-            self._net.shaping = shaping
+            att.shaping = shaping
+
+    def _attachment(self, ifname: Optional[str]) -> Any:
+        if not self._nets:
+            raise ConfigError("the pod has no network to shape; create it with network=nsbox.Veth(...) or nsbox.Bridge(...)")
+        if ifname is None:
+            return self._nets[0]
+        for att in self._nets:
+            if att.ifname == ifname:
+                return att
+        raise ConfigError(f"the pod has no interface {ifname!r}; it has {', '.join(a.ifname for a in self._nets)}")
 
     @property
     def address(self) -> Optional[Any]:
         """The pod's primary address (``ipaddress.IPv4Interface`` or
-        ``IPv6Interface``), or None without a network."""
-        return self._net.address if self._net is not None else None
+        ``IPv6Interface``): the first network's; None without a network."""
+        return self._nets[0].address if self._nets else None
+
+    @property
+    def addresses(self) -> dict:
+        """``{pod interface name: address}`` for every network of the pod."""
+        return {att.ifname: att.address for att in self._nets}
 
     @property
     def host_ifname(self) -> Optional[str]:
-        """The name of the pod's link on the host side, or None."""
-        return self._net.host_ifname if self._net is not None else None
+        """The name of the pod's (first) link on the host side, or None."""
+        return self._nets[0].host_ifname if self._nets else None
 
     @property
     def returncode(self) -> Optional[int]:
@@ -563,6 +584,21 @@ class Pod:
 
 
 # ---- helpers -----------------------------------------------------------------
+
+
+def _check_networks(network: Any, kinds: tuple[str, ...]) -> list:
+    if network is None:
+        return []
+    nets = list(network) if isinstance(network, (list, tuple)) else [network]
+    for net in nets:
+        if not hasattr(net, "_attach"):
+            raise ConfigError(f"network must be an nsbox.Veth or nsbox.Bridge (or a list of them), not {net!r}")
+    if nets and "net" not in kinds:
+        raise ConfigError("network= needs the 'net' kind (a network namespace of the pod's own)")
+    names = [net.ifname for net in nets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"each network of a pod needs its own ifname; got {names} (use ifname='eth1', ...)")
+    return nets
 
 
 def _check_hostname(hostname: Optional[str], kinds: tuple[str, ...]) -> Optional[str]:

@@ -184,3 +184,22 @@ def test_bad_bridge_arguments(args, kwargs, match):
 def test_remove_of_a_missing_bridge_is_a_noop():
     nsbox.Bridge("nsbtnone", subnet="10.225.0.0/24").remove()
     assert not os.path.exists("/run/nsbox/ipam/nsbtnone")
+
+
+def test_pod_on_two_networks(bridge):
+    v = nsbox.Veth(address="10.227.0.2/24", host_address="10.227.0.1/24", ifname="eth1")
+    with nsbox.Pod(network=[bridge, v]) as pod:
+        assert pod.address.network == bridge.subnet  # the first network is primary
+        assert pod.addresses == {"eth0": pod.address, "eth1": ipaddress.ip_interface("10.227.0.2/24")}
+        routes = pod.run(["ip", "route"], capture_output=True, text=True).stdout
+        assert routes.count("default") == 1 and f"default via {bridge.gateway.ip} dev eth0" in routes
+        assert subprocess.run(["ping", "-c", "1", "-W", "2", "10.227.0.2"], capture_output=True).returncode == 0
+        pod.shape(rate="3mbit", ifname="eth1")
+        assert "3Mbit" in pod.run(["tc", "qdisc", "show", "dev", "eth1"], capture_output=True, text=True).stdout
+        with pytest.raises(nsbox.ConfigError, match="no interface"):
+            pod.shape(rate="1mbit", ifname="eth7")
+
+
+def test_two_networks_need_distinct_ifnames(bridge):
+    with pytest.raises(nsbox.ConfigError, match="its own ifname"):
+        nsbox.Pod(network=[bridge, nsbox.Veth(address="10.227.1.2/24", host_address="10.227.1.1/24")])

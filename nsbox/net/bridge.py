@@ -86,7 +86,7 @@ class Bridge:
 
     # ---- pods ------------------------------------------------------------
 
-    def _attach(self, pod_netns_fd: int, holder_pid: int) -> Attachment:
+    def _attach(self, pod_netns_fd: int, holder_pid: int, primary: bool = True) -> Attachment:
         owner = owner_of(holder_pid)
         if owner is None:
             raise NetworkError(errno.ESRCH, "the pod's holder exited while its network was being set up")
@@ -106,7 +106,7 @@ class Bridge:
             try:
                 host_index = _index(host, att.host_ifname)
                 _check(host, [nl.link_set(host_index, att.host_ifname, up=True, master=bridge_index)])
-                configure_pod_side(pod_netns_fd, self.ifname, iface, gateway=self.gateway.ip)
+                configure_pod_side(pod_netns_fd, self.ifname, iface, gateway=self.gateway.ip if primary else None)
                 if self.shaping:
                     shape_link(att.host_ifname, att.ifname, pod_netns_fd, self.shaping)
                     att.shaping = self.shaping

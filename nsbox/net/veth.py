@@ -122,7 +122,7 @@ class Veth:
     def __repr__(self) -> str:
         return f"Veth(address={str(self.address)!r}, host_address={str(self.host_address) if self.host_address else None!r})"
 
-    def _attach(self, pod_netns_fd: int, holder_pid: int) -> Attachment:
+    def _attach(self, pod_netns_fd: int, holder_pid: int, primary: bool = True) -> Attachment:
         with nl.Rtnl() as host:
             att = create_pair(host, pod_netns_fd, self.ifname, self.host_ifname, mtu=self.mtu,
                               mac=self.mac, host_mac=self.host_mac)
@@ -136,7 +136,7 @@ class Veth:
                 reqs.append(nl.link_set(host_index, att.host_ifname, up=True))
                 _check(host, reqs)
                 configure_pod_side(pod_netns_fd, self.ifname, self.address,
-                                   gateway=self.host_address.ip if self.default_route and self.host_address else None,
+                                   gateway=self.host_address.ip if primary and self.default_route and self.host_address else None,
                                    routes=self.routes, via=self.host_address.ip if self.host_address else None)
                 if self.shaping:
                     shape_link(att.host_ifname, att.ifname, pod_netns_fd, self.shaping)
