@@ -16,7 +16,7 @@ APT_PACKAGES := gcc libc6-dev python3-dev libcap-dev procps iproute2 util-linux 
 SOURCES := $(shell find nsbox -name '*.py' -o -name '*.c' -o -name '*.h') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: all test demo sysdeps install clean
+.PHONY: all test demo bench sysdeps install clean
 
 all: install
 
@@ -47,6 +47,12 @@ test: install
 
 demo: install
 	$(PY) examples/two_container_pod.py
+
+# Benchmarks (not a setup command): nsbox against shell, ip -batch, pyroute2
+# and a hand-written netlink floor; tini/catatonit are peers for holder memory.
+bench: install
+	@for p in tini catatonit; do dpkg -s $$p >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tini catatonit >/dev/null; break; }; done
+	$(PY) benchmarks/bench.py --write-docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info nsbox/_native/_nsbox.c nsbox/_native/*.so nsbox/_native/nsbox-init

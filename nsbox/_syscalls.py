@@ -11,7 +11,7 @@ from typing import Optional
 
 from ._native._nsbox import ffi, lib
 
-__all__ = ["pidfd_open", "pidfd_send_signal", "setns", "unshare", "SpawnRequest", "SpawnFailed", "spawn"]
+__all__ = ["pidfd_open", "pidfd_send_signal", "setns", "unshare", "socket_in_netns", "SpawnRequest", "SpawnFailed", "spawn"]
 
 
 def _raise(path: object = None) -> None:
@@ -42,6 +42,14 @@ def setns(fd: int, nstype: int) -> None:
 def unshare(flags: int) -> None:
     if lib.nsbox_unshare(flags) < 0:
         _raise()
+
+
+def socket_in_netns(nsfd: int, domain: int, type: int, protocol: int) -> int:
+    """An fd of a new close-on-exec socket in the network namespace ``nsfd``."""
+    fd = lib.nsbox_socket_in_netns(nsfd, domain, type, protocol)
+    if fd < 0:
+        _raise()
+    return fd
 
 
 @dataclass

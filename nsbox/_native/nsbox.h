@@ -45,3 +45,4 @@ int nsbox_pidfd_open(int pid, unsigned int flags);
 int nsbox_pidfd_send_signal(int pidfd, int sig);
 int nsbox_setns(int fd, int nstype);
 int nsbox_unshare(int flags);
+int nsbox_socket_in_netns(int nsfd, int domain, int type, int protocol);

@@ -72,6 +72,46 @@ int nsbox_unshare(int flags)
     return unshare(flags);
 }
 
+struct netns_socket_args {
+    int nsfd, domain, type, protocol;
+    int fd, err;
+};
+
+static void *netns_socket_thread(void *arg)
+{
+    struct netns_socket_args *a = arg;
+
+    if (setns(a->nsfd, CLONE_NEWNET) < 0) {
+        a->err = errno;
+        return NULL;
+    }
+    a->fd = socket(a->domain, a->type | SOCK_CLOEXEC, a->protocol);
+    if (a->fd < 0)
+        a->err = errno;
+    return NULL;
+}
+
+/*
+ * A socket in the network namespace nsfd.  A socket belongs to the
+ * namespace of the thread that creates it: a helper thread enters the
+ * namespace, creates it and ends, so no thread of the caller ever moves.
+ */
+int nsbox_socket_in_netns(int nsfd, int domain, int type, int protocol)
+{
+    struct netns_socket_args a = {nsfd, domain, type, protocol, -1, 0};
+    pthread_t t;
+    int e = pthread_create(&t, NULL, netns_socket_thread, &a);
+
+    if (e) {
+        errno = e;
+        return -1;
+    }
+    pthread_join(t, NULL);
+    if (a.fd < 0)
+        errno = a.err;
+    return a.fd;
+}
+
 /* ---- child side: async-signal-safe only ------------------------------- */
 
 static void child_fail(int status_wr, const char *stage, int err)

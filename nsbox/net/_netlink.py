@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
 from pyroute2.netlink.rtnl import (
     RTM_DELADDR,
     RTM_DELLINK,
@@ -64,33 +64,19 @@ class Request:
 
 
 def socket_in_netns(ns_fd: int) -> socket.socket:
-    """A NETLINK_ROUTE socket bound to the network namespace ``ns_fd``.
-
-    A socket belongs to the namespace its creating thread was in, so a
-    short-lived thread enters the namespace, opens it and ends.  The
-    caller's threads never move.
-    """
+    """A NETLINK_ROUTE socket bound to the network namespace ``ns_fd``
+    (made by a native helper thread: the caller's threads never move)."""
     from .. import _syscalls
 
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            _syscalls.setns(ns_fd, 0x40000000)  # CLONE_NEWNET, this thread only
-            box["sock"] = _open()
-        except BaseException as e:
-            box["error"] = e
-
-    t = threading.Thread(target=work, name="nsbox-netns-socket")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["sock"]
+    fd = _syscalls.socket_in_netns(ns_fd, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    return _setup(socket.socket(fileno=fd))
 
 
 def _open() -> socket.socket:
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    return _setup(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE))
+
+
+def _setup(s: socket.socket) -> socket.socket:
     try:
         s.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         s.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
@@ -201,8 +187,11 @@ class Rtnl:
 
 
 def veth(name: str, peer: str, peer_netns_fd: int, *, mtu: Optional[int] = None,
-         mac: Optional[str] = None, peer_mac: Optional[str] = None) -> Request:
-    """Create a veth pair whose peer is born in another namespace (one request)."""
+         mac: Optional[str] = None, peer_mac: Optional[str] = None,
+         master: Optional[int] = None, peer_index: int = 0) -> Request:
+    """Create a veth pair whose peer is born in another namespace, the host
+    end up and enslaved to ``master`` — one request.  The reply (echo)
+    carries the new host-side ifindex (see :func:`echoed_index`)."""
     peer_attrs: list = [("IFLA_IFNAME", peer), ("IFLA_NET_NS_FD", peer_netns_fd)]
     attrs: list = [("IFLA_IFNAME", name)]
     if mtu:
@@ -212,13 +201,27 @@ def veth(name: str, peer: str, peer_netns_fd: int, *, mtu: Optional[int] = None,
         attrs.append(("IFLA_ADDRESS", mac))
     if peer_mac:
         peer_attrs.append(("IFLA_ADDRESS", peer_mac))
+    if master is not None:
+        attrs.append(("IFLA_MASTER", master))
+    # (The peer can't be created up: the kernel answers ENOTCONN.)
+    peer_msg = {"index": peer_index, "attrs": peer_attrs}
     attrs.append(("IFLA_LINKINFO", {"attrs": [
         ("IFLA_INFO_KIND", "veth"),
-        ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": peer_attrs})]}),
+        ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer_msg)]}),
     ]}))
     m = ifinfmsg()
+    m["flags"] = IFF_UP
+    m["change"] = IFF_UP
     m["attrs"] = attrs
-    return Request(m, RTM_NEWLINK, CREATE, f"creating veth pair {name} <-> {peer}")
+    return Request(m, RTM_NEWLINK, CREATE | NLM_F_ECHO, f"creating veth pair {name} <-> {peer}")
+
+
+def echoed_index(replies: list) -> Optional[int]:
+    """The ifindex in the echo of an RTM_NEWLINK request."""
+    for raw in replies:
+        if _HDR.unpack_from(raw)[1] == RTM_NEWLINK:
+            return struct.unpack_from("=i", raw, _HDR.size + 4)[0]
+    return None
 
 
 def bridge(name: str) -> Request:

@@ -96,7 +96,8 @@ class Bridge:
                 addr = self._ipam.allocate(owner, self.address.ip if self.address else None)
             iface = ipaddress.ip_interface(f"{addr}/{self.subnet.prefixlen}")
             try:
-                att = create_pair(host, pod_netns_fd, self.ifname, self.host_ifname, mtu=self.mtu, mac=self.mac)
+                att = create_pair(host, pod_netns_fd, self.ifname, self.host_ifname, mtu=self.mtu, mac=self.mac,
+                                  master=bridge_index)
             except BaseException:
                 self._ipam.release(addr, owner)
                 raise
@@ -104,8 +105,6 @@ class Bridge:
             att.route_ifname = self.name
             att.undo.append(lambda: self._ipam.release(addr, owner))
             try:
-                host_index = _index(host, att.host_ifname)
-                _check(host, [nl.link_set(host_index, att.host_ifname, up=True, master=bridge_index)])
                 configure_pod_side(pod_netns_fd, self.ifname, iface, gateway=self.gateway.ip if primary else None)
                 if self.shaping:
                     shape_link(att.host_ifname, att.ifname, pod_netns_fd, self.shaping)

@@ -33,6 +33,7 @@ class Attachment:
     host_address: Optional[Interface] = None
     shaping: Shaping = field(default_factory=Shaping)
     route_ifname: str = ""  # the host interface the pod is routed through
+    host_index: int = 0
     undo: list = field(default_factory=list)  # extra teardown steps, run in reverse
 
     def detach(self) -> None:
@@ -129,12 +130,8 @@ class Veth:
             att.address, att.host_address = self.address, self.host_address
             att.route_ifname = att.host_ifname
             try:
-                host_index = _index(host, att.host_ifname)
-                reqs = []
                 if self.host_address is not None:
-                    reqs.append(nl.addr_add(host_index, att.host_ifname, self.host_address))
-                reqs.append(nl.link_set(host_index, att.host_ifname, up=True))
-                _check(host, reqs)
+                    _check(host, [nl.addr_add(att.host_index, att.host_ifname, self.host_address)])
                 configure_pod_side(pod_netns_fd, self.ifname, self.address,
                                    gateway=self.host_address.ip if primary and self.default_route and self.host_address else None,
                                    routes=self.routes, via=self.host_address.ip if self.host_address else None)
@@ -148,14 +145,18 @@ class Veth:
 
 
 def create_pair(host: nl.Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Optional[str], *,
-                mtu: Optional[int] = None, mac: Optional[str] = None, host_mac: Optional[str] = None) -> Attachment:
-    """Create the veth pair; the pod end is born inside the pod."""
+                mtu: Optional[int] = None, mac: Optional[str] = None, host_mac: Optional[str] = None,
+                master: Optional[int] = None) -> Attachment:
+    """Create the veth pair, the pod end born inside the pod, the host end up
+    (and in ``master``): one request."""
     tries = 1 if host_ifname else _NAME_TRIES
     for _ in range(tries):
         name = host_ifname or random_host_name()
-        err = host.run([nl.veth(name, ifname, pod_netns_fd, mtu=mtu, mac=host_mac, peer_mac=mac)])[0]
+        err = host.run([nl.veth(name, ifname, pod_netns_fd, mtu=mtu, mac=host_mac, peer_mac=mac, master=master)])[0]
         if err is None:
-            return Attachment(host_ifname=name, ifname=ifname)
+            att = Attachment(host_ifname=name, ifname=ifname)
+            att.host_index = nl.echoed_index(host.replies[0]) or _index(host, name)
+            return att
         if err.errno != errno.EEXIST:
             raise NetworkError(err.errno, err.strerror)
         if host_ifname:

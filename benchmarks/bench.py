@@ -1,0 +1,476 @@
+#!/usr/bin/env python3
+"""nsbox benchmarks: nsbox against the ways pods are built today, measured
+side by side, interleaved, in one run (ratios, not absolute numbers, are what
+carries from one machine to another).
+
+    python benchmarks/bench.py                  # full run (make bench)
+    python benchmarks/bench.py --quick          # tiny sizes (make test runs this)
+
+Plans compared for "pod with veth networking" (net+ipc+uts+pid, holder PID 1,
+veth pair, addresses, lo up, default route):
+  shell      unshare + one ip/nsenter process per step
+  ip-batch   unshare + `ip -batch` on each side
+  pyroute2   unshare + pyroute2 IPRoute (host) and IPRoute on a thread in the pod's netns
+  floor      nsbox's holder + hand-packed netlink (struct), fewest round trips
+  nsbox      nsbox.Pod(network=nsbox.Veth(...)).start()
+Run as root.  Uses 10.245.0.0/16 (full) or 10.246.0.0/16 (quick) only.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nsbox
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+# ---- addressing -------------------------------------------------------------------
+
+class Subnets:
+    """Hands out /30s: (host address, pod address) as IPv4Interface."""
+
+    def __init__(self, base: str):
+        self.net = ipaddress.ip_network(base)
+        self.i = 0
+
+    def next(self):
+        block = self.net.network_address + 4 * (self.i % (self.net.num_addresses // 4))
+        self.i += 1
+        return ipaddress.ip_interface(f"{block + 1}/30"), ipaddress.ip_interface(f"{block + 2}/30")
+
+
+def host_name() -> str:
+    return "nsbb" + os.urandom(4).hex()
+
+
+def links() -> set:
+    return {n for _, n in socket.if_nameindex()}
+
+
+def wait_links_gone(names, timeout=30.0) -> None:
+    deadline = time.monotonic() + timeout
+    names = set(names)
+    while names & links():
+        if time.monotonic() > deadline:
+            for n in names & links():
+                subprocess.run(["ip", "link", "del", n], capture_output=True)
+            return
+        time.sleep(0.002)
+
+
+# ---- holders for the baselines --------------------------------------------------------
+
+class UnshareHolder:
+    """`unshare` as the holder, as a shell user would do it."""
+
+    def __init__(self, kinds=("--net", "--ipc", "--uts", "--pid")):
+        self.proc = subprocess.Popen(["unshare", *kinds, "--fork", "--kill-child", "sleep", "infinity"])
+        host_net = os.stat("/proc/self/ns/net").st_ino
+        while True:  # ready once unshare has unshared
+            try:
+                if os.stat(f"/proc/{self.proc.pid}/ns/net").st_ino != host_net or "--net" not in kinds:
+                    if "--net" in kinds or os.stat(f"/proc/{self.proc.pid}/ns/uts").st_ino != os.stat("/proc/self/ns/uts").st_ino:
+                        break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.00005)
+        self.pid = self.proc.pid
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def sh(*argv):
+    subprocess.run(argv, check=True)
+
+
+# ---- plans: pod with veth networking ---------------------------------------------------------
+
+def plan_shell(sub: Subnets):
+    host, pod = sub.next()
+    h = UnshareHolder()
+    name = host_name()
+    ns = ["nsenter", "-t", str(h.pid), "-n"]
+    sh("ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", str(h.pid))
+    sh("ip", "addr", "add", str(host), "dev", name)
+    sh("ip", "link", "set", name, "up")
+    sh(*ns, "ip", "addr", "add", str(pod), "dev", "eth0")
+    sh(*ns, "ip", "link", "set", "eth0", "up")
+    sh(*ns, "ip", "link", "set", "lo", "up")
+    sh(*ns, "ip", "route", "add", "default", "via", str(host.ip))
+    return lambda: (h.stop(), name)
+
+
+def plan_ip_batch(sub: Subnets):
+    host, pod = sub.next()
+    h = UnshareHolder()
+    name = host_name()
+    subprocess.run(["ip", "-batch", "-"], check=True, text=True, input=(
+        f"link add {name} type veth peer name eth0 netns {h.pid}\n"
+        f"addr add {host} dev {name}\nlink set {name} up\n"))
+    subprocess.run(["nsenter", "-t", str(h.pid), "-n", "ip", "-batch", "-"], check=True, text=True, input=(
+        f"addr add {pod} dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {host.ip}\n"))
+    return lambda: (h.stop(), name)
+
+
+_ipr = None
+
+
+def plan_pyroute2(sub: Subnets):
+    global _ipr
+    from pyroute2 import IPRoute
+
+    if _ipr is None:
+        _ipr = IPRoute(groups=0)  # reused: opening one costs ~1 ms
+    host, pod = sub.next()
+    h = UnshareHolder()
+    name = host_name()
+    fd = os.open(f"/proc/{h.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _ipr.link("add", ifname=name, kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd})
+    finally:
+        os.close(fd)
+    idx = socket.if_nametoindex(name)
+    _ipr.addr("add", index=idx, address=str(host.ip), prefixlen=30)
+    _ipr.link("set", index=idx, state="up")
+
+    def inside():
+        # pyroute2 0.9 opens its socket lazily in the namespace of the thread
+        # that uses it: open *and use* it on a thread inside the pod.
+        nsbox.join(h.pid, "net")
+        with IPRoute(groups=0) as ipr:
+            i = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=i, address=str(pod.ip), prefixlen=30)
+            ipr.link("set", index=i, state="up")
+            ipr.link("set", index=1, state="up")
+            ipr.route("add", gateway=str(host.ip))
+
+    t = threading.Thread(target=inside)
+    t.start()
+    t.join()
+    return lambda: (h.stop(), name)
+
+
+# hand-packed rtnetlink: the floor for the same plan in one process
+_NLMSG = struct.Struct("=IHHII")
+_IFINFO = struct.Struct("=BxHiII")
+_IFADDR = struct.Struct("=BBBBi")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+
+
+def _attr(atype, payload: bytes) -> bytes:
+    n = 4 + len(payload)
+    return struct.pack("=HH", n, atype) + payload + b"\0" * ((4 - n % 4) % 4)
+
+
+def _msg(mtype, flags, seq, body: bytes) -> bytes:
+    return _NLMSG.pack(16 + len(body), mtype, flags, seq, 0) + body
+
+
+def _nl_run(sock, msgs) -> list:
+    sock.send(b"".join(msgs))
+    want, replies = len(msgs), []
+    while len(replies) < want:
+        data = sock.recv(65536)
+        off = 0
+        while off < len(data):
+            length, mtype, _, _, _ = _NLMSG.unpack_from(data, off)
+            if mtype == 2:
+                replies.append(struct.unpack_from("=i", data, off + 16)[0])
+            off += (length + 3) & ~3
+    if any(replies):
+        raise OSError(-min(replies), os.strerror(-min(replies)))
+    return replies
+
+
+def _nl_socket(fd=None):
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0) if fd is None else socket.socket(fileno=fd)
+    s.bind((0, 0))
+    return s
+
+
+_floor_sock = None
+F_REQ_ACK, F_CREATE_EXCL = 0x1 | 0x4, 0x400 | 0x200
+
+
+def plan_floor(sub: Subnets):
+    global _floor_sock
+    from nsbox import _syscalls
+
+    if _floor_sock is None:
+        _floor_sock = _nl_socket()
+    host, pod = sub.next()
+    p = nsbox.Pod().start()  # C clone + exec of the holder, lo up
+    name = host_name().encode()
+    host_index = 0x40000000 + int.from_bytes(os.urandom(3), "big")  # chosen: no lookup
+    nsfd = os.open(f"/proc/{p.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        peer = _IFINFO.pack(0, 0, 2, 0, 0) + _attr(3, b"eth0\0") + _attr(28, struct.pack("=I", nsfd))
+        linkinfo = _attr(18, _attr(1, b"veth\0") + _attr(2, _attr(1, peer)))
+        veth = _IFINFO.pack(0, 0, host_index, 1, 1) + _attr(3, name + b"\0") + linkinfo
+        haddr = host.ip.packed
+        addr = _IFADDR.pack(2, 30, 0, 0, host_index) + _attr(2, haddr) + _attr(1, haddr)
+        _nl_run(_floor_sock, [_msg(16, F_REQ_ACK | F_CREATE_EXCL, 1, veth), _msg(20, F_REQ_ACK | F_CREATE_EXCL, 2, addr)])
+        inner = _nl_socket(_syscalls.socket_in_netns(nsfd, socket.AF_NETLINK, socket.SOCK_RAW, 0))
+    finally:
+        os.close(nsfd)
+    with inner:
+        paddr = pod.ip.packed
+        a = _IFADDR.pack(2, 30, 0, 0, 2) + _attr(2, paddr) + _attr(1, paddr)
+        up = _IFINFO.pack(0, 0, 2, 1, 1)
+        rt = _RTMSG.pack(2, 0, 0, 0, 254, 3, 0, 1, 0) + _attr(5, host.ip.packed)
+        _nl_run(inner, [_msg(20, F_REQ_ACK | F_CREATE_EXCL, 3, a), _msg(16, F_REQ_ACK, 4, up),
+                        _msg(24, F_REQ_ACK | F_CREATE_EXCL, 5, rt)])
+    return lambda: (p.stop(), name.decode())
+
+
+def plan_nsbox(sub: Subnets):
+    host, pod = sub.next()
+    p = nsbox.Pod(network=nsbox.Veth(address=pod, host_address=host)).start()
+    name = p.host_ifname
+    return lambda: (p.stop(), name)
+
+
+POD_PLANS = {"shell": plan_shell, "ip-batch": plan_ip_batch, "pyroute2": plan_pyroute2,
+             "floor": plan_floor, "nsbox": plan_nsbox}
+
+
+# ---- measuring ----------------------------------------------------------------------------
+
+def interleaved(plans: dict, rounds: int, make_arg=lambda: None, teardown=True) -> dict:
+    times = {k: [] for k in plans}
+    for r in range(rounds + 1):  # round 0 warms up and is dropped
+        for name, fn in plans.items():
+            arg = make_arg()
+            t = time.perf_counter()
+            undo = fn(arg) if arg is not None else fn()
+            dt = time.perf_counter() - t
+            if r:
+                times[name].append(dt * 1000)
+            if teardown and undo:
+                result = undo()
+                left = [x for x in (result if isinstance(result, tuple) else (result,)) if isinstance(x, str)]
+                wait_links_gone(left)
+    return times
+
+
+def summary(times: dict, base: str) -> dict:
+    out = {}
+    med_base = statistics.median(times[base])
+    for name, xs in times.items():
+        m = statistics.median(xs)
+        out[name] = {"median_ms": round(m, 3), "min_ms": round(min(xs), 3), "max_ms": round(max(xs), 3),
+                     "n": len(xs), f"ratio_vs_{base}": round(m / med_base, 3)}
+    return out
+
+
+def bench_pods(rounds: int, sub: Subnets) -> dict:
+    return summary(interleaved(POD_PLANS, rounds, make_arg=lambda: sub), "nsbox")
+
+
+def bench_holder(rounds: int) -> dict:
+    def unshare_cli():
+        h = UnshareHolder()
+        return h.stop
+
+    def nsbox_pod():
+        return nsbox.Pod(kinds=("net", "ipc", "uts", "pid")).start().stop
+
+    return summary(interleaved({"unshare": unshare_cli, "nsbox": nsbox_pod}, rounds), "nsbox")
+
+
+def bench_run(rounds: int) -> dict:
+    pod = nsbox.Pod().start()
+    try:
+        plans = {
+            "host subprocess.run": lambda: subprocess.run(["true"]) and None,
+            "nsenter": lambda: subprocess.run(["nsenter", "-t", str(pod.pid), "-n", "-i", "-u", "-p", "true"]) and None,
+            "nsbox pod.run": lambda: pod.run(["true"]) and None,
+        }
+        return summary(interleaved(plans, rounds * 3), "nsbox pod.run")
+    finally:
+        pod.stop()
+
+
+def pss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+def tree_pss(pid: int) -> int:
+    total = pss_kb(pid)
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            for child in f.read().split():
+                total += tree_pss(int(child))
+    return total
+
+
+def bench_memory(count: int) -> dict:
+    out = {}
+    pods = [nsbox.Pod().start() for _ in range(count)]
+    time.sleep(0.05)
+    out["nsbox-init"] = round(sum(pss_kb(p.pid) for p in pods) / count, 1)
+    for p in pods:
+        p.stop()
+    holders = [UnshareHolder() for _ in range(count)]
+    time.sleep(0.05)
+    out["unshare+sleep"] = round(sum(tree_pss(h.pid) for h in holders) / count, 1)
+    for h in holders:
+        h.stop()
+    for label, argv in (("tini+sleep", ["tini", "-s", "--", "sleep", "infinity"]), ("catatonit -P", ["catatonit", "-P"])):
+        if shutil.which(argv[0]):
+            procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(count)]
+            time.sleep(0.2)
+            out[label] = round(sum(tree_pss(p.pid) for p in procs) / count, 1)
+            for p in procs:
+                p.kill()
+                p.wait()
+    # independent of the creator's memory: a creator holding 200 MB
+    ballast = bytearray(200 * 1024 * 1024)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    pods = [nsbox.Pod().start() for _ in range(count)]
+    time.sleep(0.05)
+    out["nsbox-init, creator +200 MB"] = round(sum(pss_kb(p.pid) for p in pods) / count, 1)
+    for p in pods:
+        p.stop()
+    del ballast
+    return out
+
+
+def meminfo_available_kb() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+    return 0
+
+
+def bench_scale(n: int, sub: Subnets) -> dict:
+    before = links()
+    mem0 = meminfo_available_kb()
+    per = []
+    pods = []
+    t0 = time.perf_counter()
+    try:
+        for _ in range(n):
+            host, pod = sub.next()
+            t = time.perf_counter()
+            pods.append(nsbox.Pod(network=nsbox.Veth(address=pod, host_address=host)).start())
+            per.append((time.perf_counter() - t) * 1000)
+        create_s = time.perf_counter() - t0
+        mem_per_pod = (mem0 - meminfo_available_kb()) / n
+    finally:
+        t1 = time.perf_counter()
+        stop_all = getattr(nsbox, "stop_all", None)
+        if stop_all:
+            stop_all(pods)
+        else:
+            for p in pods:
+                p.stop()
+        wait_links_gone(links() - before, timeout=120)
+        destroy_s = time.perf_counter() - t1
+    k = max(1, min(100, n // 10))
+    first, last = statistics.mean(per[:k]), statistics.mean(per[-k:])
+    return {"pods": n, "create_s": round(create_s, 3), "destroy_s": round(destroy_s, 3),
+            f"first_{k}_ms_per_pod": round(first, 3), f"last_{k}_ms_per_pod": round(last, 3),
+            "last_over_first": round(last / first, 3), "memory_kb_per_pod": round(mem_per_pod, 1)}
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+def machine() -> dict:
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "nsbox": nsbox.__version__}
+
+
+def table(title: str, rows: dict) -> str:
+    lines = [f"### {title}", ""]
+    first = next(iter(rows.values()))
+    if isinstance(first, dict):
+        cols = list(first.keys())
+        lines.append("| plan | " + " | ".join(cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        for name, row in rows.items():
+            lines.append(f"| {name} | " + " | ".join(str(row[c]) for c in cols) + " |")
+    else:
+        lines.append("| measure | value |")
+        lines.append("|---|---|")
+        for name, value in rows.items():
+            lines.append(f"| {name} | {value} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (make test)")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--scale", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--write-docs", action="store_true", help="also write docs/performance.md")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("benchmarks need root", file=sys.stderr)
+        return 2
+    rounds, scale, memn = (2, 20, 3) if args.quick else (args.rounds, args.scale, 10)
+    sub = Subnets("10.246.0.0/16" if args.quick else "10.245.0.0/16")
+    results = {"machine": machine(), "rounds": rounds}
+    sections = [
+        ("pod with veth networking (create)", "pods", lambda: bench_pods(rounds, sub)),
+        ("holder only: net+ipc+uts+pid (create)", "holder", lambda: bench_holder(rounds)),
+        ("run `true` in a pod", "run", lambda: bench_run(rounds)),
+        (f"holder memory, PSS kB per holder ({memn} alive)", "pss_kb", lambda: bench_memory(memn)),
+        (f"{scale} networked pods alive at once", "scale", lambda: bench_scale(scale, sub)),
+    ]
+    text = []
+    for title, key, fn in sections:
+        print(f"== {title} ...", flush=True)
+        results[key] = fn()
+        text.append(table(title, results[key]))
+        print(text[-1], flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = args.out / f"bench-{'quick-' if args.quick else ''}{stamp}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {path}")
+    if args.write_docs:
+        write_docs(results, "\n".join(text))
+    return 0
+
+
+def write_docs(results: dict, tables: str) -> None:
+    doc = ROOT / "docs" / "performance.md"
+    m = results["machine"]
+    head = doc.read_text().split("<!-- results -->")[0] if doc.exists() else "# Performance\n\n"
+    doc.write_text(
+        head + "<!-- results -->\n"
+        f"Latest `make bench` ({m['date']}; kernel {m['kernel']}, {m['cpus']} CPUs, Python {m['python']}, "
+        f"nsbox {m['nsbox']}; medians of {results['rounds']} interleaved rounds, ratios against nsbox):\n\n"
+        + tables
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
