@@ -93,6 +93,15 @@ class UnshareHolder:
         self.pid = self.proc.pid
 
     def stop(self):
+        # --kill-child relies on PR_SET_PDEATHSIG, which races (util-linux
+        # #1490): kill the child ourselves first, by PID, then unshare.
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            with open(f"/proc/{self.pid}/task/{tid}/children") as f:
+                for child in f.read().split():
+                    try:
+                        os.kill(int(child), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
         self.proc.kill()
         self.proc.wait()
 
