@@ -108,6 +108,12 @@ class Pod:
             if network is None:
                 raise ConfigError("ports= needs a network (network=nsbox.Bridge(...) or nsbox.Veth(...))")
             self.ports = parse_ports(ports)
+            for net in self.networks[:1]:
+                if getattr(net, "address", None) is not None and net.address.version != 4 or \
+                        getattr(net, "subnet", None) is not None and net.subnet.version != 4:
+                    raise ConfigError("ports= supports IPv4 networks only (for now)")
+                if hasattr(net, "host_address") and net.host_address is None:
+                    raise ConfigError("ports= with a Veth needs host_address (the host must route to the pod)")
         self._nets: list = []  # what each network made for this pod (Attachment)
         self._lock = threading.RLock()
         self._state = "new"  # new -> running -> stopped

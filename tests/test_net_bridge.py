@@ -203,3 +203,26 @@ def test_pod_on_two_networks(bridge):
 def test_two_networks_need_distinct_ifnames(bridge):
     with pytest.raises(nsbox.ConfigError, match="its own ifname"):
         nsbox.Pod(network=[bridge, nsbox.Veth(address="10.227.1.2/24", host_address="10.227.1.1/24")])
+
+
+def test_a_bridge_nsbox_did_not_make_is_neither_adopted_nor_removed():
+    subprocess.run(["ip", "link", "add", "nsbtforeign", "type", "bridge"], check=True)
+    try:
+        br = nsbox.Bridge("nsbtforeign", subnet="10.228.0.0/24")
+        before = holder_pids()
+        with pytest.raises(nsbox.NetworkError, match="not made by nsbox"):
+            nsbox.Pod(network=br).start()
+        assert holder_pids() == before
+        with pytest.raises(nsbox.NetworkError, match="neither adopts nor removes"):
+            br.remove()
+        addrs = subprocess.run(["ip", "-o", "addr", "show", "nsbtforeign"], capture_output=True, text=True).stdout
+        assert "10.228.0.1" not in addrs  # no gateway address was added to it
+    finally:
+        subprocess.run(["ip", "link", "del", "nsbtforeign"], check=True)
+
+
+def test_same_bridge_name_for_another_subnet_is_refused(bridge):
+    with nsbox.Pod(network=bridge):
+        other = nsbox.Bridge(bridge.name, subnet="10.229.0.0/24")
+        with pytest.raises(nsbox.NetworkError, match=f"made by nsbox for {bridge.subnet}"):
+            nsbox.Pod(network=other).start()

@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 
 import nsbox
+import nsbox.net.ports
 from helpers import run_python
 
 SERVER = textwrap.dedent(
@@ -132,3 +133,48 @@ def test_bad_ports(bridge, ports, match):
 def test_ports_need_a_network():
     with pytest.raises(nsbox.ConfigError, match="needs a network"):
         nsbox.Pod(ports={8080: 80})
+
+
+SPOOF = textwrap.dedent(
+    """
+    import socket, subprocess, sys
+    gw = sys.argv[1]
+    # root in the pod: route 127.0.0.1 out of eth0 towards the host
+    subprocess.run(["ip", "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local"], check=True)
+    subprocess.run(["ip", "route", "del", "local", "127.0.0.1", "dev", "lo", "table", "local"], check=True)
+    subprocess.run(["ip", "route", "add", "127.0.0.1/32", "via", gw, "dev", "eth0"], check=True)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(5):
+        s.sendto(b"from the pod", ("127.0.0.1", 18095))
+    """
+)
+
+
+def test_published_pods_cannot_reach_host_loopback_services(bridge):
+    import socket as so
+
+    with so.socket(so.AF_INET, so.SOCK_DGRAM) as listener:
+        listener.bind(("127.0.0.1", 18095))
+        listener.settimeout(0.5)
+        with nsbox.Pod(network=bridge, ports={18096: 80}) as pod:
+            with open(f"/proc/sys/net/ipv4/conf/{bridge.name}/route_localnet") as f:
+                assert f.read().strip() == "1"
+            pod.run([sys.executable, "-c", SPOOF, str(bridge.gateway.ip)], check=True)
+            with pytest.raises(so.timeout):
+                listener.recvfrom(100)
+        with open(f"/proc/sys/net/ipv4/conf/{bridge.name}/route_localnet") as f:
+            assert f.read().strip() == "0"  # back off once no published pod uses the bridge
+
+
+def test_stale_handles_never_delete_another_pods_rules(bridge):
+    import os
+    import signal
+
+    a = nsbox.Pod(network=bridge, ports={18097: 80}).start()
+    os.kill(a.pid, signal.SIGKILL)
+    a.wait()
+    nsbox.net.ports.sweep()  # a's rules are gone; handles get reused
+    with nsbox.Pod(network=bridge, ports={18098: 80}) as d:
+        a.stop()  # must not touch d's rules
+        assert f"dnat to {d.address.ip}:80" in nsbox_rules()
+    assert "nsbox:" not in nsbox_rules()

@@ -119,6 +119,7 @@ def test_without_netem_the_error_says_so_and_nothing_changes():
         (dict(rate="fast"), "rate"),
         (dict(rate="100tbit"), "rate"),
         (dict(rate=0), "out of range"),
+        (dict(rate="500bit"), "out of range"),
     ],
 )
 def test_bad_shaping_arguments(kwargs, match):

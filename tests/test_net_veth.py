@@ -142,6 +142,7 @@ def test_kernel_error_names_the_step():
         (dict(address="10.210.20.2/24", mac="zz"), "mac"),
         (dict(address="10.210.20.2/24", mac="01:00:00:00:00:01"), "multicast"),
         (dict(address="10.210.20.2/24", routes=["nope"]), "route"),
+        (dict(address="10.210.20.2/24", host_address="10.210.20.1/24", routes=["0.0.0.0/0"]), "default_route"),
     ],
 )
 def test_bad_veth_arguments(kwargs, match):

@@ -43,6 +43,7 @@ NLMSG_DONE = 3
 NLM_F_ACK_TLVS = 0x200
 NLMSGERR_ATTR_MSG = 1
 IFF_UP = 0x1
+_TIMEOUT = 10.0  # seconds: the kernel answers at once, or something is badly wrong
 _HDR = struct.Struct("=IHHII")
 
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
@@ -80,6 +81,7 @@ def _setup(s: socket.socket) -> socket.socket:
     try:
         s.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         s.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        s.settimeout(_TIMEOUT)
         s.bind((0, 0))
     except BaseException:
         s.close()
@@ -124,15 +126,23 @@ class Rtnl:
             self.sock.send(b"".join(chunks))
             results: dict[int, Optional[NetlinkError]] = {}
             replies: dict[int, list[bytes]] = {}
+            wanted = set(seqs)
             while len(results) < len(seqs):
-                data = self.sock.recv(65536)
+                try:
+                    data, (sender, _groups) = self.sock.recvfrom(1 << 20)
+                except socket.timeout:
+                    raise NetworkError(errno.ETIMEDOUT, f"{requests[0].what}: no answer from the kernel") from None
+                if sender != 0:
+                    continue  # not from the kernel
                 off = 0
                 while off + _HDR.size <= len(data):
                     length, mtype, flags, seq, _pid = _HDR.unpack_from(data, off)
                     if length < _HDR.size:
                         break
                     body = data[off + _HDR.size : off + length]
-                    if mtype == NLMSG_ERROR:
+                    if seq not in wanted:
+                        pass  # a late answer to an earlier, abandoned batch
+                    elif mtype == NLMSG_ERROR:
                         (code,) = struct.unpack_from("=i", body)
                         results[seq] = None if code == 0 else self._error(-code, body, flags, seq, seqs, requests)
                     elif mtype == NLMSG_DONE:
@@ -227,23 +237,33 @@ def echoed_index(replies: list) -> Optional[int]:
 def bridge(name: str) -> Request:
     m = ifinfmsg()
     m["attrs"] = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})]
+
     return Request(m, RTM_NEWLINK, CREATE, f"creating bridge {name}")
 
 
-def link_set(index: int, name: str, *, up: bool = True, master: Optional[int] = None) -> Request:
+def link_set(index: int, name: str, *, up: bool = True, master: Optional[int] = None,
+             alias: Optional[str] = None) -> Request:
     m = ifinfmsg()
     m["index"] = index
     if up:
         m["flags"] = IFF_UP
         m["change"] = IFF_UP
+    attrs: list = []
     if master is not None:
-        m["attrs"] = [("IFLA_MASTER", master)]
+        attrs.append(("IFLA_MASTER", master))
+    if alias is not None:
+        attrs.append(("IFLA_IFALIAS", alias))  # (only a change sets it, not a create)
+    m["attrs"] = attrs
     return Request(m, RTM_NEWLINK, CHANGE, f"setting up link {name}")
 
 
-def link_del(name: str) -> Request:
+def link_del(name: str, index: int = 0) -> Request:
+    """Delete a link by ``index`` when given (ifindexes are not reused), else by name."""
     m = ifinfmsg()
-    m["attrs"] = [("IFLA_IFNAME", name)]
+    if index:
+        m["index"] = index
+    else:
+        m["attrs"] = [("IFLA_IFNAME", name)]
     return Request(m, RTM_DELLINK, CHANGE, f"deleting link {name}")
 
 

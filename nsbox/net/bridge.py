@@ -114,25 +114,49 @@ class Bridge:
                 raise
         return att
 
+    @property
+    def _alias(self) -> str:
+        return f"nsbox:{self.subnet}"
+
     def _ensure_bridge(self, host: nl.Rtnl) -> int:
-        """The bridge's ifindex, creating it (with the gateway, up) if needed."""
+        """The bridge's ifindex, creating it (with the gateway, up) if needed.
+
+        A bridge nsbox creates carries the alias ``nsbox:<subnet>``; any other
+        link of that name (another bridge, a bridge for another subnet) is
+        refused, never adopted."""
         index = host.link_index(self.name)
         if index is None:
             _check(host, [nl.bridge(self.name)])
             index = _index(host, self.name)
-            reqs = [nl.addr_add(index, self.name, self.gateway), nl.link_set(index, self.name, up=True)]
+            reqs = [nl.addr_add(index, self.name, self.gateway),
+                    nl.link_set(index, self.name, up=True, alias=self._alias)]
             errors = host.run(reqs)
             if any(errors):
                 host.run([nl.link_del(self.name)])
                 err = next(e for e in errors if e)
                 raise NetworkError(err.errno, err.strerror)
-        else:
-            if not os.path.isdir(f"/sys/class/net/{self.name}/bridge"):
-                raise NetworkError(errno.EEXIST, f"{self.name!r} exists and is not a bridge; pick another name")
-            err = host.run([nl.addr_add(index, self.name, self.gateway), nl.link_set(index, self.name, up=True)])[0]
+            return index
+        self._check_ours()
+        errors = host.run([nl.addr_add(index, self.name, self.gateway), nl.link_set(index, self.name, up=True)])
+        for err in errors:
             if err is not None and err.errno != errno.EEXIST:
                 raise NetworkError(err.errno, err.strerror)
         return index
+
+    def _check_ours(self) -> None:
+        if not os.path.isdir(f"/sys/class/net/{self.name}/bridge"):
+            raise NetworkError(errno.EEXIST, f"{self.name!r} exists and is not a bridge; pick another name")
+        try:
+            with open(f"/sys/class/net/{self.name}/ifalias") as f:
+                alias = f.read().strip()
+        except OSError:
+            alias = ""
+        if alias != self._alias:
+            what = f"was made by nsbox for {alias[6:]}" if alias.startswith("nsbox:") else "was not made by nsbox"
+            raise NetworkError(
+                errno.EEXIST,
+                f"bridge {self.name!r} {what}; nsbox neither adopts nor removes it: pick another name",
+            )
 
     # ---- the bridge itself -------------------------------------------------
 
@@ -154,8 +178,13 @@ class Bridge:
 
     def remove(self) -> None:
         """Delete the bridge and its IPAM state.  Raises NetworkError (EBUSY)
-        while a pod still uses it; a no-op when it does not exist."""
+        while a pod still uses it, (EEXIST) for a link of that name nsbox did
+        not make for this subnet; a no-op when it does not exist."""
         with nl.Rtnl() as host, self._ipam.locked():
+            if host.link_index(self.name) is None:
+                self._ipam.destroy()
+                return
+            self._check_ours()
             leases = self._ipam.live_leases()
             ports = self.ports()
             if leases or ports:

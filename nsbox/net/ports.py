@@ -5,8 +5,9 @@ host, at any of its own addresses (127.0.0.1 and the gateway included).
 Traffic that arrives from elsewhere (other pods, other machines) is DNATed
 too, but forwarding it needs ``net.ipv4.ip_forward=1``, a host-wide setting
 nsbox leaves to you.  Rules live in the table ``ip nsbox``, are tagged with the
-owning holder (``nsbox:PID:START_TIME``), added and removed in one ``nft``
-batch, and rules whose holder is dead are swept on the next publish.
+owning holder and interface (``nsbox:PID:START_TIME:IFNAME``), added and
+removed in one ``nft`` batch, found by tag (never by a remembered handle),
+and rules whose holder is dead are swept whenever rules change.
 Host ports are reserved under ``/run/nsbox/ports/`` (under nsbox's state
 lock), so two pods, in any processes, never publish the same one.
 """
@@ -18,7 +19,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError, NetworkError
@@ -29,8 +30,9 @@ from .state import prune, run_dir
 __all__ = ["parse_ports", "publish", "Published"]
 
 TABLE = "nsbox"
-_TAG = re.compile(r'comment "nsbox:(\d+):(\d+)".*# handle (\d+)')
+_RULE = re.compile(r'comment "(nsbox:(\d+):(\d+):([^"]*))".*# handle (\d+)')
 _CHAINS = (
+    ("guard", "filter", "prerouting", -200),
     ("prerouting", "nat", "prerouting", -100),
     ("output", "nat", "output", -100),
     ("postrouting", "nat", "postrouting", 100),
@@ -73,21 +75,26 @@ def _port(value: Any, what: str) -> int:
 class Published:
     owner: Owner
     ports: list[tuple[str, int, int]]
-    handles: list[tuple[str, int]] = field(default_factory=list)  # (chain, handle)
+    route_ifname: str = ""
+
+    @property
+    def tag(self) -> str:
+        return _tag(self.owner, self.route_ifname)
 
     def remove(self) -> None:
-        """Delete this pod's rules and reservations; idempotent."""
+        """Delete this pod's rules and reservations; idempotent.  Rules are
+        found by their tag, never by a remembered handle: after a sweep, a
+        handle may name another pod's rule."""
         with _locked():
-            if self.handles:
-                script = "".join(f"delete rule ip {TABLE} {chain} handle {h}\n" for chain, h in self.handles)
-                r = _nft(script, check=False)
-                if r.returncode != 0 and "No such file or directory" not in r.stderr:
-                    raise NetworkError(errno.EIO, f"removing port rules failed: {r.stderr.strip()}")
-                self.handles = []
+            rules = _rules()
+            mine = [(chain, handle) for chain, handle, tag in rules if tag == self.tag]
+            _delete(mine)
             for proto, host_port, _ in self.ports:
                 path = _reservation(proto, host_port)
                 if _read_owner(path) == self.owner:
                     path.unlink(missing_ok=True)
+            _sweep_dead_rules()
+            _finish_interface(self.route_ifname)
             _drop_table_if_empty()
 
 
@@ -97,7 +104,7 @@ def publish(owner: Owner, address: Any, route_ifname: str, ports: list[tuple[str
         raise ConfigError("port publishing supports IPv4 pod addresses only (for now)")
     if shutil.which("nft") is None:
         raise NetworkError(errno.ENOENT, "port publishing needs the nft command (Debian package nftables)")
-    pub = Published(owner, ports)
+    pub = Published(owner, ports, route_ifname)
     with _locked():
         _sweep_dead_rules()
         for proto, host_port, _ in ports:
@@ -110,29 +117,31 @@ def publish(owner: Owner, address: Any, route_ifname: str, ports: list[tuple[str
             path = _reservation(proto, host_port)
             path.write_text(f"{owner[0]} {owner[1]}\n")
         try:
-            _route_localnet(route_ifname)
-            tag = f'comment "nsbox:{owner[0]}:{owner[1]}"'
+            comment = f'comment "{pub.tag}"'
             lines = [f"add table ip {TABLE}\n"]
             for chain, ctype, hook, prio in _CHAINS:
                 lines.append(f"add chain ip {TABLE} {chain} {{ type {ctype} hook {hook} priority {prio} ; }}\n")
+            # route_localnet (below) lets 127.0.0.1-sourced packets leave through
+            # the pod's interface; it would also let the pods behind it reach the
+            # host's 127.0.0.1-only services (CVE-2020-8558): refuse that.
+            lines.append(f'add rule ip {TABLE} guard iifname "{route_ifname}" ip daddr 127.0.0.0/8 drop {comment}\n')
             ip = address.ip
             for proto, hp, cp in ports:
-                dnat = f"fib daddr type local {proto} dport {hp} dnat to {ip}:{cp} {tag}\n"
+                dnat = f"fib daddr type local {proto} dport {hp} dnat to {ip}:{cp} {comment}\n"
                 lines.append(f"add rule ip {TABLE} output {dnat}")
                 lines.append(f"add rule ip {TABLE} prerouting {dnat}")
                 # 127.0.0.1 can't be a source on the wire: rewrite it to ours.
-                lines.append(f"add rule ip {TABLE} postrouting ip saddr 127.0.0.0/8 ip daddr {ip} {proto} dport {cp} masquerade {tag}\n")
-            r = _nft("".join(lines), check=False, echo=True)
+                lines.append(f"add rule ip {TABLE} postrouting ip saddr 127.0.0.0/8 ip daddr {ip} {proto} dport {cp} masquerade {comment}\n")
+            r = _nft("".join(lines), check=False)
             if r.returncode != 0:
                 raise NetworkError(errno.EIO, f"adding port rules failed: {r.stderr.strip()}")
-            for line in r.stdout.splitlines():
-                m = re.match(rf"add rule ip {TABLE} (\w+) .*# handle (\d+)", line)
-                if m:
-                    pub.handles.append((m.group(1), int(m.group(2))))
+            _set_route_localnet(route_ifname, True)
         except BaseException:
+            _delete([(c, h) for c, h, tag in _rules() if tag == pub.tag])
             for proto, host_port, _ in ports:
                 _reservation(proto, host_port).unlink(missing_ok=True)
-            prune(_state_dir())
+            _finish_interface(route_ifname)
+            _drop_table_if_empty()
             raise
     return pub
 
@@ -164,17 +173,30 @@ def _check_free(proto: str, port: int) -> None:
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 raise NetworkError(errno.EADDRINUSE, f"host port {port}/{proto} is in use by a host process") from None
-            raise
+            raise NetworkError(e.errno, f"checking host port {port}/{proto}: {e.strerror}") from None
 
 
-def _route_localnet(ifname: str) -> None:
-    """Let 127.0.0.1-sourced, DNATed packets leave through ``ifname``."""
+def _tag(owner: Owner, ifname: str) -> str:
+    return f"nsbox:{owner[0]}:{owner[1]}:{ifname}"
+
+
+def _set_route_localnet(ifname: str, on: bool) -> None:
+    """Let 127.0.0.1-sourced, DNATed packets leave through ``ifname`` (or not)."""
     path = f"/proc/sys/net/ipv4/conf/{ifname}/route_localnet"
     try:
         with open(path, "w") as f:
-            f.write("1")
+            f.write("1" if on else "0")
+    except FileNotFoundError:
+        if on:
+            raise NetworkError(errno.ENODEV, f"enabling route_localnet: no interface {ifname}") from None
     except OSError as e:
-        raise NetworkError(e.errno, f"enabling route_localnet on {ifname}: {e.strerror}") from None
+        raise NetworkError(e.errno, f"setting route_localnet on {ifname}: {e.strerror}") from None
+
+
+def _finish_interface(ifname: str) -> None:
+    """Turn route_localnet off again once no published pod uses ``ifname``."""
+    if ifname and not any(tag.split(":", 3)[3] == ifname for _, _, tag in _rules()):
+        _set_route_localnet(ifname, False)
 
 
 def _nft(script: str, *, check: bool = True, echo: bool = False) -> subprocess.CompletedProcess:
@@ -192,28 +214,52 @@ def _list_table() -> str:
     return r.stdout if r.returncode == 0 else ""
 
 
-def _sweep_dead_rules() -> None:
-    """Delete rules whose holder is gone (a creator killed with SIGKILL)."""
+def _rules() -> list[tuple[str, int, str]]:
+    """``(chain, handle, tag)`` of every tagged rule in the table."""
     chain = None
-    dead = []
+    out = []
     for line in _list_table().splitlines():
         m = re.match(r"\s*chain (\w+) \{", line)
         if m:
             chain = m.group(1)
             continue
-        m = _TAG.search(line)
+        m = _RULE.search(line)
         if m and chain:
-            owner = (int(m.group(1)), int(m.group(2)))
-            if owner_of(owner[0]) != owner:
-                dead.append((chain, int(m.group(3))))
-    if dead:
-        _nft("".join(f"delete rule ip {TABLE} {c} handle {h}\n" for c, h in dead), check=False)
-    if not _state_dir().exists():
-        return
-    for path in _state_dir().glob("*-*"):
-        owner = _read_owner(path)
-        if owner is None or owner_of(owner[0]) != owner:
-            path.unlink(missing_ok=True)
+            out.append((chain, int(m.group(5)), m.group(1)))
+    return out
+
+
+def _delete(rules: list[tuple[str, int]]) -> None:
+    if rules:
+        r = _nft("".join(f"delete rule ip {TABLE} {c} handle {h}\n" for c, h in rules), check=False)
+        if r.returncode != 0:
+            raise NetworkError(errno.EIO, f"removing port rules failed: {r.stderr.strip()}")
+
+
+def _sweep_dead_rules() -> None:
+    """Delete rules whose holder is gone (a creator killed with SIGKILL)."""
+    dead = []
+    ifaces = set()
+    for chain, handle, tag in _rules():
+        _, pid, start, ifname = tag.split(":", 3)
+        if owner_of(int(pid)) != (int(pid), int(start)):
+            dead.append((chain, handle))
+            ifaces.add(ifname)
+    _delete(dead)
+    for ifname in ifaces:
+        _finish_interface(ifname)
+    if _state_dir().exists():
+        for path in _state_dir().glob("*-*"):
+            owner = _read_owner(path)
+            if owner is None or owner_of(owner[0]) != owner:
+                path.unlink(missing_ok=True)
+
+
+def sweep() -> None:
+    """Remove every rule and reservation of dead pods (safe to call any time)."""
+    with _locked():
+        _sweep_dead_rules()
+        _drop_table_if_empty()
 
 
 def _drop_table_if_empty() -> None:

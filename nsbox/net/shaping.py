@@ -54,8 +54,8 @@ def _bits_per_second(value: Any) -> int:
         bps = float(m.group(1)) * _RATE_UNITS[m.group(2).lower()]
     else:
         raise ConfigError(f"rate must be like '10mbit', '500kbit' or '1gbit' (or bits per second), not {value!r}")
-    if not 8 <= bps <= _MAX_RATE_BYTES * 8:
-        raise ConfigError(f"rate {value!r} is out of range (8 bit/s to 34 Gbit/s)")
+    if not 8000 <= bps <= _MAX_RATE_BYTES * 8:
+        raise ConfigError(f"rate {value!r} is out of range (8 kbit/s to 34 Gbit/s)")
     return int(bps)
 
 
@@ -101,7 +101,7 @@ class Shaping:
         from pyroute2.netlink.rtnl.tcmsg import sched_tbf
 
         rate = self.rate_bps // 8
-        burst = max(rate // 100, 16 * 1514)  # >= rate/HZ, and a few full frames
+        burst = max(rate // 100, 2 * 1514)  # >= rate/HZ and two full frames; <= ~3 s of rate
         return nl.qdisc(index, name, "tbf", sched_tbf.get_parameters({"rate": rate, "burst": burst, "latency": 50_000}))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -34,21 +35,32 @@ class Attachment:
     shaping: Shaping = field(default_factory=Shaping)
     route_ifname: str = ""  # the host interface the pod is routed through
     host_index: int = 0
+    host_netns: int = -1  # fd of the namespace the host side lives in, or -1
     undo: list = field(default_factory=list)  # extra teardown steps, run in reverse
 
     def detach(self) -> None:
-        """Remove the host side; idempotent (a missing link is fine)."""
+        """Remove the host side; idempotent (a missing link is fine).
+
+        The link goes first (by ifindex, which the kernel never reuses soon,
+        in the namespace it was made in), then the lease and rules."""
         errors = []
+        try:
+            sock = nl.socket_in_netns(self.host_netns) if self.host_netns >= 0 else None
+            with nl.Rtnl(sock) as host:
+                err = host.run([nl.link_del(self.host_ifname, self.host_index)])[0]
+            if err is not None and err.errno not in (errno.ENODEV, errno.ENOENT):
+                errors.append(err)
+        except OSError as e:
+            errors.append(e)
         for step in reversed(self.undo):
             try:
                 step()
             except Exception as e:  # keep going: remove as much as possible
                 errors.append(e)
         self.undo.clear()
-        with nl.Rtnl() as host:
-            err = host.run([nl.link_del(self.host_ifname)])[0]
-        if err is not None and err.errno not in (errno.ENODEV, errno.ENOENT):
-            errors.append(err)
+        if self.host_netns >= 0:
+            os.close(self.host_netns)
+            self.host_netns = -1
         if errors:
             e = errors[0]
             raise NetworkError(getattr(e, "errno", None) or errno.EIO, f"tearing down {self.host_ifname}: {e}")
@@ -115,6 +127,8 @@ class Veth:
                 raise ConfigError(f"route {r!r} is not a network like '10.201.0.0/16': {e}") from None
             if net.version != self.address.version:
                 raise ConfigError(f"route {net} is not of the address's IP version")
+            if net.prefixlen == 0:
+                raise ConfigError(f"route {net} is the default route: use default_route=True instead")
             self.routes.append(net)
         self.default_route = bool(default_route) and self.host_address is not None
         if self.routes and self.host_address is None:
@@ -156,6 +170,7 @@ def create_pair(host: nl.Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Opti
         if err is None:
             att = Attachment(host_ifname=name, ifname=ifname)
             att.host_index = nl.echoed_index(host.replies[0]) or _index(host, name)
+            att.host_netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             return att
         if err.errno != errno.EEXIST:
             raise NetworkError(err.errno, err.strerror)
