@@ -21,13 +21,14 @@ from .errors import (
 from .kinds import DEFAULT_KINDS, KINDS
 from .namespaces import Namespace, join, joined
 from .net import Bridge, Veth
-from .pod import Pod
+from .pod import Pod, stop_all
 from .spawn import PodProcess
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Pod",
+    "stop_all",
     "PodProcess",
     "Veth",
     "Bridge",

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional, Union
 
@@ -26,7 +26,7 @@ from .kinds import DEFAULT_KINDS, KINDS, KindsArg, flags_of, parse_kinds
 from .namespaces import Namespace, joined as _joined
 from .spawn import PodProcess, check_popen_kwargs, pid_is_alive, wait_any
 
-__all__ = ["Pod"]
+__all__ = ["Pod", "stop_all"]
 
 IdMap = Union[str, Sequence[tuple[int, int, int]]]
 
@@ -186,25 +186,36 @@ class Pod:
         kernel kill the whole namespace).  Returns only when every member and
         the holder are dead and reaped.
         """
-        if timeout is None or timeout < 0:
-            raise ConfigError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        return self._stop(timeout, None)
+
+    def _stop(self, timeout: float, network_out: Optional[list]) -> Optional[int]:
+        _check_timeout(timeout)
         with self._lock:
-            if self._state == "new":
-                self._state = "stopped"
-                return None
-            if self._state == "stopped":
-                return self._returncode
-            deadline = time.monotonic() + timeout
-            # Members first, even if the holder is already gone (without a PID
-            # namespace its death does not take them along).
-            self._terminate_members(deadline)
-            if self.alive:
-                self._kill_holder(signal.SIGTERM)
-                if not self._reap_holder(time.monotonic() + _HOLDER_GRACE):
-                    self._kill_holder(signal.SIGKILL)
-            self._reap_holder(None)
-            self._finish()
+            if self._begin_stop(time.monotonic() + timeout):
+                self._end_stop(network_out)
             return self._returncode
+
+    def _begin_stop(self, deadline: float) -> bool:
+        """Members get SIGTERM (SIGKILL at ``deadline``), then the holder is
+        told to exit.  False if there is nothing to stop.  (Lock held.)"""
+        if self._state == "new":
+            self._state = "stopped"
+            return False
+        if self._state == "stopped":
+            return False
+        # Members first, even if the holder is already gone (without a PID
+        # namespace its death does not take them along).
+        self._terminate_members(deadline)
+        if self.alive:
+            self._kill_holder(signal.SIGTERM)
+        return True
+
+    def _end_stop(self, network_out: Optional[list]) -> None:
+        """Reap the holder (SIGKILL if it lingers) and finish.  (Lock held.)"""
+        if not self._reap_holder(time.monotonic() + _HOLDER_GRACE):
+            self._kill_holder(signal.SIGKILL)
+        self._reap_holder(None)
+        self._finish(network_out)
 
     def _terminate_members(self, deadline: float) -> None:
         members = self._open_members()
@@ -325,7 +336,7 @@ class Pod:
                 except ChildProcessError:
                     pass
 
-    def _finish(self) -> None:
+    def _finish(self, network_out: Optional[list] = None) -> None:
         # With a PID namespace every member is dead once the holder is reaped;
         # without one, members outlive the holder: a pod that ended takes them along.
         for p in self._members:
@@ -339,6 +350,9 @@ class Pod:
             os.close(fd)
         self._state = "stopped"
         # Host-side objects go by recorded name, whatever became of the netns.
+        if network_out is not None:
+            network_out.extend(reversed(nets))  # stop_all() tears them down in one go
+            return
         errors = []
         for att in reversed(nets):
             try:
@@ -587,6 +601,38 @@ class Pod:
                 self.stop(timeout=0)
             except Exception:
                 pass
+
+
+def stop_all(pods: Iterable["Pod"], timeout: float = 10.0) -> list[Optional[int]]:
+    """Stop many pods; returns their exit statuses.  Much faster than calling
+    ``stop()`` on each when they have networks: their host-side links are
+    removed by the kernel in one batch, and waited for once."""
+    from .net.veth import detach_all
+
+    _check_timeout(timeout)
+    pods = list(pods)
+    deadline = time.monotonic() + timeout
+    pending: list = []
+    started = []
+    try:
+        for pod in pods:  # every holder is told to exit before any is waited for
+            pod._lock.acquire()
+            started.append(pod)
+            if not pod._begin_stop(deadline):
+                pod._lock.release()
+                started.pop()
+        for pod in started:
+            pod._end_stop(pending)
+    finally:
+        for pod in started:
+            pod._lock.release()
+    detach_all(pending)
+    return [pod._returncode for pod in pods]
+
+
+def _check_timeout(timeout: Any) -> None:
+    if timeout is None or timeout < 0:
+        raise ConfigError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
 
 
 # ---- helpers -----------------------------------------------------------------

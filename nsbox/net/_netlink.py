@@ -177,6 +177,44 @@ class Rtnl:
 
     # ---- queries ---------------------------------------------------------
 
+    def existing(self, indexes: Sequence[int]) -> set[int]:
+        """Which of ``indexes`` still name a link (batches of RTM_GETLINK, small
+        enough that the answers fit the socket's receive buffer)."""
+        out: set[int] = set()
+        for i in range(0, len(indexes), 32):
+            out |= self._existing(indexes[i : i + 32])
+        return out
+
+    def _existing(self, indexes: Sequence[int]) -> set[int]:
+        with self._lock:
+            chunks, by_seq = [], {}
+            for index in indexes:
+                self._seq += 1
+                by_seq[self._seq] = index
+                chunks.append(_HDR.pack(32, RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, self._seq, 0)
+                              + struct.pack("=BxHiII", 0, 0, index, 0, 0))
+            self.sock.send(b"".join(chunks))
+            alive, answered = set(), set()
+            while len(answered) < len(by_seq):
+                try:
+                    data, (sender, _groups) = self.sock.recvfrom(1 << 20)
+                except socket.timeout:
+                    raise NetworkError(errno.ETIMEDOUT, "looking up links: no answer from the kernel") from None
+                if sender != 0:
+                    continue
+                off = 0
+                while off + _HDR.size <= len(data):
+                    length, mtype, _flags, seq, _pid = _HDR.unpack_from(data, off)
+                    if length < _HDR.size:
+                        break
+                    if seq in by_seq:
+                        if mtype == RTM_NEWLINK:
+                            alive.add(by_seq[seq])
+                        elif mtype == NLMSG_ERROR:
+                            answered.add(seq)
+                    off += (length + 3) & ~3
+            return alive
+
     def link_index(self, name: str) -> Optional[int]:
         """The ifindex of ``name`` in this socket's namespace, or None."""
         m = ifinfmsg()

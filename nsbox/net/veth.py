@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -18,9 +19,12 @@ from . import _netlink as nl
 from ._names import Interface, check_ifname, check_interface, check_mac, check_mtu, random_host_name
 from .shaping import Shaping, shape_link
 
-__all__ = ["Veth", "Attachment"]
+__all__ = ["Veth", "Attachment", "detach_all"]
 
 _NAME_TRIES = 10
+# How long teardown waits for the kernel to delete a pod's veth with its
+# namespace before deleting it explicitly.
+_KERNEL_CLEANUP = 2.0
 
 
 @dataclass
@@ -38,20 +42,29 @@ class Attachment:
     host_netns: int = -1  # fd of the namespace the host side lives in, or -1
     undo: list = field(default_factory=list)  # extra teardown steps, run in reverse
 
-    def detach(self) -> None:
+    def detach(self, wait: float = 0.0) -> None:
         """Remove the host side; idempotent (a missing link is fine).
 
-        The link goes first (by ifindex, which the kernel never reuses soon,
-        in the namespace it was made in), then the lease and rules."""
-        errors = []
+        Deletes the link (by ifindex, which the kernel does not reuse soon,
+        in the namespace the link was made in), then the lease and rules.
+        With ``wait``, first waits that long for the kernel to delete it with
+        the pod's namespace (see :func:`detach_all`)."""
+        errors: list = []
         try:
             sock = nl.socket_in_netns(self.host_netns) if self.host_netns >= 0 else None
             with nl.Rtnl(sock) as host:
+                wait_gone(host, [self], wait)
                 err = host.run([nl.link_del(self.host_ifname, self.host_index)])[0]
             if err is not None and err.errno not in (errno.ENODEV, errno.ENOENT):
                 errors.append(err)
         except OSError as e:
             errors.append(e)
+        self._undo(errors)
+        if errors:
+            e = errors[0]
+            raise NetworkError(getattr(e, "errno", None) or errno.EIO, f"tearing down {self.host_ifname}: {e}")
+
+    def _undo(self, errors: list) -> None:
         for step in reversed(self.undo):
             try:
                 step()
@@ -61,9 +74,44 @@ class Attachment:
         if self.host_netns >= 0:
             os.close(self.host_netns)
             self.host_netns = -1
-        if errors:
-            e = errors[0]
-            raise NetworkError(getattr(e, "errno", None) or errno.EIO, f"tearing down {self.host_ifname}: {e}")
+
+
+def wait_gone(host: nl.Rtnl, atts: list, timeout: float) -> None:
+    """Wait (polling, ~1 ms apart) until the host links of ``atts`` are gone."""
+    pending = [a.host_index for a in atts if a.host_index]
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while pending:
+        pending = sorted(host.existing(pending))
+        if not pending or time.monotonic() >= deadline:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
+def detach_all(atts: list, wait: float = _KERNEL_CLEANUP) -> None:
+    """Tear down many pods' host sides at once.
+
+    An RTM_DELLINK waits for an RCU grace period (~20 ms each); once the pods'
+    namespaces are freed, the kernel deletes their veth pairs itself, in one
+    batch.  So: wait up to ``wait`` seconds for that, then delete whatever is
+    left (something else may keep a namespace alive) and release leases and
+    rules."""
+    if not atts:
+        return
+    try:
+        with nl.Rtnl() as host:
+            wait_gone(host, atts, wait)
+    except OSError:
+        pass  # the explicit deletion below covers whatever is left
+    errors = []
+    for att in atts:
+        try:
+            att.detach(wait=0)
+        except Exception as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 class Veth:
