@@ -18,6 +18,7 @@ import time
 import pytest
 
 import nsbox
+import nsbox.net._netlink
 from helpers import children_of_self, holder_pids, proc_state, wait_until
 
 if os.geteuid() != 0:
@@ -30,8 +31,10 @@ def _open_fds() -> set[int]:
 
 @pytest.fixture(scope="session", autouse=True)
 def session_leak_check():
-    # The creator pidfd is cached per process: open it before measuring.
+    # Per-process resources kept open on purpose: the creator pidfd and the
+    # shared rtnetlink socket.  Open them before measuring.
     nsbox.holder.creator_pidfd()
+    nsbox.net._netlink.shared()
     fds_before = _open_fds()
     links_before = host_links()
     state_before = run_state()

@@ -18,7 +18,7 @@ from . import _netlink as nl
 from ._names import check_ifname, check_mac, check_mtu
 from .ipam import Ipam, owner_of
 from .shaping import Shaping, shape_link
-from .veth import Attachment, _check, _detach_quietly, _index, configure_pod_side, create_pair
+from .veth import _PEER_INDEX, Attachment, _check, _detach_quietly, _index, configure_pod_side, create_pair
 
 __all__ = ["Bridge"]
 
@@ -90,14 +90,14 @@ class Bridge:
         owner = owner_of(holder_pid)
         if owner is None:
             raise NetworkError(errno.ESRCH, "the pod's holder exited while its network was being set up")
-        with nl.Rtnl() as host:
+        with nl.shared() as host:
             with self._ipam.locked():
                 bridge_index = self._ensure_bridge(host)
                 addr = self._ipam.allocate(owner, self.address.ip if self.address else None)
             iface = ipaddress.ip_interface(f"{addr}/{self.subnet.prefixlen}")
             try:
                 att = create_pair(host, pod_netns_fd, self.ifname, self.host_ifname, mtu=self.mtu, mac=self.mac,
-                                  master=bridge_index)
+                                  master=bridge_index, peer_index=_PEER_INDEX if primary else 0)
             except BaseException:
                 self._ipam.release(addr, owner)
                 raise
@@ -105,7 +105,8 @@ class Bridge:
             att.route_ifname = self.name
             att.undo.append(lambda: self._ipam.release(addr, owner))
             try:
-                configure_pod_side(pod_netns_fd, self.ifname, iface, gateway=self.gateway.ip if primary else None)
+                configure_pod_side(pod_netns_fd, self.ifname, iface, gateway=self.gateway.ip if primary else None,
+                                   index=att.peer_index)
                 if self.shaping:
                     shape_link(att.host_ifname, att.ifname, pod_netns_fd, self.shaping)
                     att.shaping = self.shaping

@@ -22,6 +22,8 @@ from .shaping import Shaping, shape_link
 __all__ = ["Veth", "Attachment", "detach_all"]
 
 _NAME_TRIES = 10
+# The ifindex asked for the primary pod end: a fresh namespace has only lo (1).
+_PEER_INDEX = 2
 # How long teardown waits for the kernel to delete a pod's veth with its
 # namespace before deleting it explicitly.
 _KERNEL_CLEANUP = 2.0
@@ -39,6 +41,7 @@ class Attachment:
     shaping: Shaping = field(default_factory=Shaping)
     route_ifname: str = ""  # the host interface the pod is routed through
     host_index: int = 0
+    peer_index: int = 0  # the pod end's ifindex when nsbox chose it, else 0
     host_netns: int = -1  # fd of the namespace the host side lives in, or -1
     undo: list = field(default_factory=list)  # extra teardown steps, run in reverse
 
@@ -186,15 +189,14 @@ class Veth:
         return f"Veth(address={str(self.address)!r}, host_address={str(self.host_address) if self.host_address else None!r})"
 
     def _attach(self, pod_netns_fd: int, holder_pid: int, primary: bool = True) -> Attachment:
-        with nl.Rtnl() as host:
+        with nl.shared() as host:
             att = create_pair(host, pod_netns_fd, self.ifname, self.host_ifname, mtu=self.mtu,
-                              mac=self.mac, host_mac=self.host_mac)
+                              mac=self.mac, host_mac=self.host_mac, host_address=self.host_address,
+                              peer_index=_PEER_INDEX if primary else 0)
             att.address, att.host_address = self.address, self.host_address
             att.route_ifname = att.host_ifname
             try:
-                if self.host_address is not None:
-                    _check(host, [nl.addr_add(att.host_index, att.host_ifname, self.host_address)])
-                configure_pod_side(pod_netns_fd, self.ifname, self.address,
+                configure_pod_side(pod_netns_fd, self.ifname, self.address, index=att.peer_index,
                                    gateway=self.host_address.ip if primary and self.default_route and self.host_address else None,
                                    routes=self.routes, via=self.host_address.ip if self.host_address else None)
                 if self.shaping:
@@ -208,30 +210,52 @@ class Veth:
 
 def create_pair(host: nl.Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Optional[str], *,
                 mtu: Optional[int] = None, mac: Optional[str] = None, host_mac: Optional[str] = None,
-                master: Optional[int] = None) -> Attachment:
-    """Create the veth pair, the pod end born inside the pod, the host end up
-    (and in ``master``): one request."""
+                master: Optional[int] = None, host_address: Optional[Interface] = None,
+                peer_index: int = 0) -> Attachment:
+    """Create the veth pair — the pod end born inside the pod (with ifindex
+    ``peer_index`` if given), the host end up, in ``master``, with
+    ``host_address`` — in one round trip: the host end gets an ifindex
+    chosen here, so its address can go in the same batch."""
     tries = 1 if host_ifname else _NAME_TRIES
     for _ in range(tries):
         name = host_ifname or random_host_name()
-        err = host.run([nl.veth(name, ifname, pod_netns_fd, mtu=mtu, mac=host_mac, peer_mac=mac, master=master)])[0]
+        index = _random_index()
+        reqs = [nl.veth(name, ifname, pod_netns_fd, mtu=mtu, mac=host_mac, peer_mac=mac, master=master,
+                        index=index, peer_index=peer_index)]
+        if host_address is not None:
+            reqs.append(nl.addr_add(index, name, host_address))
+        errors = host.run(reqs)
+        err = errors[0]
         if err is None:
-            att = Attachment(host_ifname=name, ifname=ifname)
-            att.host_index = nl.echoed_index(host.replies[0]) or _index(host, name)
+            att = Attachment(host_ifname=name, ifname=ifname, host_index=index, peer_index=peer_index)
             att.host_netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            if len(errors) > 1 and errors[1] is not None:
+                _detach_quietly(att)
+                raise NetworkError(errors[1].errno, errors[1].strerror)
             return att
-        if err.errno != errno.EEXIST:
+        if err.errno == errno.EBUSY and peer_index:
+            peer_index = 0  # something took that ifindex in the pod: let the kernel choose
+            continue
+        if err.errno not in (errno.EEXIST, errno.EBUSY):
             raise NetworkError(err.errno, err.strerror)
-        if host_ifname:
+        if host_ifname and err.errno == errno.EEXIST:
             raise NetworkError(errno.EEXIST, f"host interface name {host_ifname!r} is taken; pick another or leave host_ifname unset")
     raise NetworkError(errno.EEXIST, f"no free host interface name after {tries} random tries")
 
 
+def _random_index() -> int:
+    """An ifindex for a new host-side link: random in the upper half of the
+    range, where the kernel's own (counting up from 1) won't be for years."""
+    return 0x40000000 + int.from_bytes(os.urandom(4), "big") % 0x3FFFFFFF
+
+
 def configure_pod_side(pod_netns_fd: int, ifname: str, address: Interface, *, gateway: Any,
-                       routes: Iterable[Any] = (), via: Any = None) -> None:
-    """Address, up, default route and extra routes on the pod end: one batch."""
+                       routes: Iterable[Any] = (), via: Any = None, index: int = 0) -> None:
+    """Address, up, default route and extra routes on the pod end: one batch
+    (``index``: the pod end's ifindex when known, else it is looked up)."""
     with nl.Rtnl(nl.socket_in_netns(pod_netns_fd)) as pod:
-        index = _index(pod, ifname)
+        if not index:
+            index = _index(pod, ifname)
         reqs = [nl.addr_add(index, ifname, address), nl.link_set(index, ifname, up=True)]
         if gateway is not None:
             reqs.append(nl.route_add(gateway, oif=index))
