@@ -81,29 +81,41 @@ class UnshareHolder:
 
     def __init__(self, kinds=("--net", "--ipc", "--uts", "--pid")):
         self.proc = subprocess.Popen(["unshare", *kinds, "--fork", "--kill-child", "sleep", "infinity"])
-        host_net = os.stat("/proc/self/ns/net").st_ino
-        while True:  # ready once unshare has unshared
-            try:
-                if os.stat(f"/proc/{self.proc.pid}/ns/net").st_ino != host_net or "--net" not in kinds:
-                    if "--net" in kinds or os.stat(f"/proc/{self.proc.pid}/ns/uts").st_ino != os.stat("/proc/self/ns/uts").st_ino:
-                        break
-            except FileNotFoundError:
-                pass
-            time.sleep(0.00005)
         self.pid = self.proc.pid
+        # Ready, like an nsbox holder, once the process that holds the
+        # namespaces runs its program: unshare's child has exec'd sleep.
+        while not any(_comm(c) == "sleep" for c in _children(self.pid)):
+            time.sleep(0.00005)
 
     def stop(self):
         # --kill-child relies on PR_SET_PDEATHSIG, which races (util-linux
         # #1490): kill the child ourselves first, by PID, then unshare.
-        for tid in os.listdir(f"/proc/{self.pid}/task"):
-            with open(f"/proc/{self.pid}/task/{tid}/children") as f:
-                for child in f.read().split():
-                    try:
-                        os.kill(int(child), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+        for child in _children(self.pid):
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.kill()
         self.proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def sh(*argv):

@@ -271,7 +271,7 @@ def veth(name: str, peer: str, peer_netns_fd: int, *, mtu: Optional[int] = None,
          mac: Optional[str] = None, peer_mac: Optional[str] = None,
          master: Optional[int] = None, index: int = 0, peer_index: int = 0) -> Request:
     """Create a veth pair whose peer is born in another namespace, the host
-    end up and enslaved to ``master`` — one request.  ``index``/``peer_index``
+    end enslaved to ``master`` — one request (both ends start down).  ``index``/``peer_index``
     ask for those ifindexes (EBUSY if taken); else the echoed reply carries
     the new host-side ifindex (see :func:`echoed_index`)."""
     what = f"creating veth pair {name} <-> {peer}"
@@ -318,8 +318,6 @@ def _veth_msg(name: str, peer: str, peer_netns_fd: int, mtu: Optional[int], mac:
     ]}))
     m = ifinfmsg()
     m["index"] = index
-    m["flags"] = IFF_UP
-    m["change"] = IFF_UP
     m["attrs"] = attrs
     return m
 
@@ -340,7 +338,11 @@ def bridge(name: str) -> Request:
 
 
 def link_set(index: int, name: str, *, up: bool = True, master: Optional[int] = None,
-             alias: Optional[str] = None) -> Request:
+             alias: Optional[str] = None, no_ipv6_ll: bool = False) -> Request:
+    """Set a link up (and/or its master, alias).  ``no_ipv6_ll``: no IPv6
+    link-local address (addrgenmode none): an IPv4-only pod link then costs
+    the kernel no DAD and router solicitations, which otherwise add up to
+    rtnl-lock contention with hundreds of pods."""
     m = ifinfmsg()
     m["index"] = index
     if up:
@@ -351,6 +353,8 @@ def link_set(index: int, name: str, *, up: bool = True, master: Optional[int] = 
         attrs.append(("IFLA_MASTER", master))
     if alias is not None:
         attrs.append(("IFLA_IFALIAS", alias))  # (only a change sets it, not a create)
+    if no_ipv6_ll:  # (only a change sets it, not a create: EAFNOSUPPORT)
+        attrs.append(("IFLA_AF_SPEC", {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]}))
     m["attrs"] = attrs
     return Request(m, RTM_NEWLINK, CHANGE, f"setting up link {name}")
 

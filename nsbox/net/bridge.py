@@ -97,7 +97,8 @@ class Bridge:
             iface = ipaddress.ip_interface(f"{addr}/{self.subnet.prefixlen}")
             try:
                 att = create_pair(host, pod_netns_fd, self.ifname, self.host_ifname, mtu=self.mtu, mac=self.mac,
-                                  master=bridge_index, peer_index=_PEER_INDEX if primary else 0)
+                                  master=bridge_index, peer_index=_PEER_INDEX if primary else 0,
+                                  ipv6=self.subnet.version == 6)
             except BaseException:
                 self._ipam.release(addr, owner)
                 raise

@@ -192,7 +192,7 @@ class Veth:
         with nl.shared() as host:
             att = create_pair(host, pod_netns_fd, self.ifname, self.host_ifname, mtu=self.mtu,
                               mac=self.mac, host_mac=self.host_mac, host_address=self.host_address,
-                              peer_index=_PEER_INDEX if primary else 0)
+                              peer_index=_PEER_INDEX if primary else 0, ipv6=self.address.version == 6)
             att.address, att.host_address = self.address, self.host_address
             att.route_ifname = att.host_ifname
             try:
@@ -211,7 +211,7 @@ class Veth:
 def create_pair(host: nl.Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Optional[str], *,
                 mtu: Optional[int] = None, mac: Optional[str] = None, host_mac: Optional[str] = None,
                 master: Optional[int] = None, host_address: Optional[Interface] = None,
-                peer_index: int = 0) -> Attachment:
+                peer_index: int = 0, ipv6: bool = False) -> Attachment:
     """Create the veth pair — the pod end born inside the pod (with ifindex
     ``peer_index`` if given), the host end up, in ``master``, with
     ``host_address`` — in one round trip: the host end gets an ifindex
@@ -221,7 +221,8 @@ def create_pair(host: nl.Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Opti
         name = host_ifname or random_host_name()
         index = _random_index()
         reqs = [nl.veth(name, ifname, pod_netns_fd, mtu=mtu, mac=host_mac, peer_mac=mac, master=master,
-                        index=index, peer_index=peer_index)]
+                        index=index, peer_index=peer_index),
+                nl.link_set(index, name, up=True, no_ipv6_ll=not ipv6)]
         if host_address is not None:
             reqs.append(nl.addr_add(index, name, host_address))
         errors = host.run(reqs)
@@ -229,9 +230,10 @@ def create_pair(host: nl.Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Opti
         if err is None:
             att = Attachment(host_ifname=name, ifname=ifname, host_index=index, peer_index=peer_index)
             att.host_netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            if len(errors) > 1 and errors[1] is not None:
+            failed = next((e for e in errors[1:] if e is not None), None)
+            if failed is not None:
                 _detach_quietly(att)
-                raise NetworkError(errors[1].errno, errors[1].strerror)
+                raise NetworkError(failed.errno, failed.strerror)
             return att
         if err.errno == errno.EBUSY and peer_index:
             peer_index = 0  # something took that ifindex in the pod: let the kernel choose
@@ -256,7 +258,8 @@ def configure_pod_side(pod_netns_fd: int, ifname: str, address: Interface, *, ga
     with nl.Rtnl(nl.socket_in_netns(pod_netns_fd)) as pod:
         if not index:
             index = _index(pod, ifname)
-        reqs = [nl.addr_add(index, ifname, address), nl.link_set(index, ifname, up=True)]
+        reqs = [nl.link_set(index, ifname, up=True, no_ipv6_ll=address.version == 4),
+                nl.addr_add(index, ifname, address)]
         if gateway is not None:
             reqs.append(nl.route_add(gateway, oif=index))
         for net in routes:
