@@ -341,22 +341,32 @@ def link_set(index: int, name: str, *, up: bool = True, master: Optional[int] = 
              alias: Optional[str] = None, no_ipv6_ll: bool = False) -> Request:
     """Set a link up (and/or its master, alias).  ``no_ipv6_ll``: no IPv6
     link-local address (addrgenmode none): an IPv4-only pod link then costs
-    the kernel no DAD and router solicitations, which otherwise add up to
-    rtnl-lock contention with hundreds of pods."""
-    m = ifinfmsg()
-    m["index"] = index
-    if up:
-        m["flags"] = IFF_UP
-        m["change"] = IFF_UP
-    attrs: list = []
-    if master is not None:
-        attrs.append(("IFLA_MASTER", master))
+    the kernel no DAD and router solicitations."""
+
+    def build(index: int = 0x7EADBEEF, master: Optional[int] = None if master is None else 0x7EADBEE3) -> Any:
+        m = ifinfmsg()
+        m["index"] = index
+        if up:
+            m["flags"] = IFF_UP
+            m["change"] = IFF_UP
+        attrs: list = []
+        if master is not None:
+            attrs.append(("IFLA_MASTER", master))
+        if alias is not None:
+            attrs.append(("IFLA_IFALIAS", alias))  # (only a change sets it, not a create)
+        if no_ipv6_ll:  # (only a change sets it, not a create: EAFNOSUPPORT)
+            attrs.append(("IFLA_AF_SPEC", {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]}))
+        m["attrs"] = attrs
+        return m
+
+    what = f"setting up link {name}"
     if alias is not None:
-        attrs.append(("IFLA_IFALIAS", alias))  # (only a change sets it, not a create)
-    if no_ipv6_ll:  # (only a change sets it, not a create: EAFNOSUPPORT)
-        attrs.append(("IFLA_AF_SPEC", {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]}))
-    m["attrs"] = attrs
-    return Request(m, RTM_NEWLINK, CHANGE, f"setting up link {name}")
+        return Request(build(index, master), RTM_NEWLINK, CHANGE, what)
+    values = {_SENTINEL_INDEX: struct.pack("=i", index)}
+    if master is not None:
+        values[struct.pack("=i", 0x7EADBEE3)] = struct.pack("=i", master)
+    key = ("link_set", up, master is not None, no_ipv6_ll)
+    return Request(_templated(key, build, values), RTM_NEWLINK, CHANGE, what)
 
 
 def link_del(name: str, index: int = 0) -> Request:
