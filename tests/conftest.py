@@ -60,6 +60,9 @@ def session_leak_check():
     links = host_links() - links_before
     if links:
         problems.append(f"links left in the host namespace: {sorted(links)}")
+    rules = nsbox_nft_rules()
+    if rules:
+        problems.append(f"nft rules of nsbox pods left: {rules}")
     state = run_state() - state_before
     if state:
         problems.append(f"state left under /run/nsbox: {sorted(state)}")
@@ -83,6 +86,16 @@ def no_leftover_links():
         for name in left:
             subprocess.run(["ip", "link", "del", name], capture_output=True)
         pytest.fail(f"test left links in the host namespace: {sorted(left)}", pytrace=False)
+
+
+def nsbox_nft_rules() -> list[str]:
+    """Rules tagged by nsbox in the nftables table ``ip nsbox``."""
+    import shutil
+
+    if shutil.which("nft") is None:
+        return []
+    r = subprocess.run(["nft", "list", "table", "ip", "nsbox"], capture_output=True, text=True)
+    return [line.strip() for line in r.stdout.splitlines() if "nsbox:" in line]
 
 
 def run_state() -> set[str]:
