@@ -21,8 +21,7 @@ __all__ = ["INIT_PATH", "start_holder", "creator_pidfd"]
 
 INIT_PATH = Path(__file__).resolve().parent / "_native" / "nsbox-init"
 
-_READY_FD = 3
-_CREATOR_FD = 4
+_CREATOR_FD = 3
 
 _creator_lock = threading.Lock()
 _creator: Optional[tuple[int, int]] = None  # (pid, pidfd of this process)
@@ -61,12 +60,16 @@ def start_holder(
     gid_map: Optional[str] = None,
     verbose: bool = False,
 ) -> tuple[int, int]:
-    """Start nsbox-init in new ``kinds`` namespaces and wait until it is ready.
+    """Start nsbox-init in new ``kinds`` namespaces; returns once it runs.
 
     Returns ``(pid, pidfd)``.  Raises :class:`nsbox._syscalls.SpawnFailed`.
     """
     init = os.fsencode(INIT_PATH)
-    argv = [init, b"-r", str(_READY_FD).encode(), b"-p", str(_CREATOR_FD).encode()]
+    # No readiness handshake (init's -r): the holder runs from exec on with
+    # every signal blocked, so a signal sent before its signalfd exists stays
+    # pending instead of being lost; exec itself is confirmed by the
+    # close-on-exec status pipe.  Hostname, lo, mounts: all done before exec.
+    argv = [init, b"-p", str(_CREATOR_FD).encode()]
     if "pid" not in kinds:
         argv.append(b"-s")  # not PID 1: a quiet child subreaper
     if verbose:
@@ -88,7 +91,6 @@ def start_holder(
                 stdio=(devnull, devnull, -1),
                 extra_fd_src=creator_pidfd(),
                 extra_fd_dst=_CREATOR_FD,
-                ready_fd=_READY_FD,
                 keep_signals_blocked=True,  # nothing is lost before its signalfd exists
             )
         )
