@@ -9,7 +9,7 @@
  * copy, so the cost does not grow with the caller's memory) and CLONE_PIDFD
  * (the caller gets a handle, not just a reusable PID).  Joining a PID
  * namespace changes the namespace of the *children* of the calling thread,
- * so that setns runs on a short-lived helper thread, never on the caller's.
+ * so that setns is done around the clone and undone right after.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -412,13 +412,6 @@ static int do_spawn(const struct nsbox_spawn_req *r, struct nsbox_spawn_result *
     res->err = 0;
     res->stage[0] = 0;
 
-    if (r->join_pidfd >= 0 && (r->join_flags & CLONE_NEWPID)) {
-        /* Children of this (helper) thread are born in the pod's PID ns. */
-        if (setns(r->join_pidfd, CLONE_NEWPID) < 0) {
-            set_error(res, "setns pid", errno);
-            return -1;
-        }
-    }
     if (pipe2(status, O_CLOEXEC) < 0) {
         set_error(res, "pipe", errno);
         return -1;
@@ -512,43 +505,52 @@ out:
     return rc;
 }
 
-struct thread_args {
-    const struct nsbox_spawn_req *req;
-    struct nsbox_spawn_result *res;
-    int rc;
-};
-
-static void *spawn_thread(void *arg)
-{
-    struct thread_args *ta = arg;
-    ta->rc = do_spawn(ta->req, ta->res);
-    return NULL;
-}
-
 int nsbox_spawn(const struct nsbox_spawn_req *r, struct nsbox_spawn_result *res)
 {
     sigset_t all, old;
-    int rc;
+    int rc, saved_pid_ns = -1;
 
     /* No signal handler may run in the child while it shares our memory. */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     if (r->join_pidfd >= 0 && (r->join_flags & CLONE_NEWPID)) {
-        /* setns(CLONE_NEWPID) is per thread and one-way for its children:
-         * do it on a helper thread that dies right after. */
-        struct thread_args ta = {r, res, -1};
-        pthread_t t;
-        int e = pthread_create(&t, NULL, spawn_thread, &ta);
-        if (e) {
-            set_error(res, "pthread_create", e);
+        /*
+         * setns(CLONE_NEWPID) changes the namespace of the calling thread's
+         * future children only.  Switch it for the clone below and switch it
+         * back before returning: with signals blocked and inside this one
+         * call, nothing else can fork from this thread meanwhile, and no
+         * Python code can observe it.  (A helper thread would do the same at
+         * ~0.1 ms more per spawn.)
+         */
+        saved_pid_ns = open("/proc/thread-self/ns/pid_for_children", O_RDONLY | O_CLOEXEC);
+        if (saved_pid_ns < 0) {
+            set_error(res, "open pid_for_children", errno);
             rc = -1;
-        } else {
-            pthread_join(t, NULL);
-            rc = ta.rc;
+            goto out;
         }
-    } else {
-        rc = do_spawn(r, res);
+        if (setns(r->join_pidfd, CLONE_NEWPID) < 0) {
+            set_error(res, "setns pid", errno);
+            close(saved_pid_ns);
+            rc = -1;
+            goto out;
+        }
     }
+    rc = do_spawn(r, res);
+    if (saved_pid_ns >= 0) {
+        if (setns(saved_pid_ns, CLONE_NEWPID) < 0) {
+            /* Cannot happen (it is our own or a descendant namespace); if it
+             * did, the thread's children would land in the pod: say so. */
+            int e = errno;
+            if (rc == 0) {
+                discard_child(res->pid, res->pidfd);
+                res->pid = res->pidfd = -1;
+            }
+            set_error(res, "restore pid namespace", e);
+            rc = -1;
+        }
+        close(saved_pid_ns);
+    }
+out:
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc < 0)
         errno = res->err;
