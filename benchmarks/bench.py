@@ -275,10 +275,20 @@ POD_PLANS = {"shell": plan_shell, "ip-batch": plan_ip_batch, "pyroute2": plan_py
 
 # ---- measuring ----------------------------------------------------------------------------
 
-def interleaved(plans: dict, rounds: int, make_arg=lambda: None, teardown=True) -> dict:
+def interleaved(plans: dict, rounds: int, make_arg=lambda: None, teardown=True, settle=0.0) -> dict:
+    """Each round runs every plan once, in a shuffled order (so no plan always
+    runs right after the same other one), letting the kernel's background
+    work of the previous teardown settle for ``settle`` seconds first."""
+    import random
+
+    rng = random.Random(1)
     times = {k: [] for k in plans}
     for r in range(rounds + 1):  # round 0 warms up and is dropped
-        for name, fn in plans.items():
+        order = list(plans.items())
+        rng.shuffle(order)
+        for name, fn in order:
+            if settle:
+                time.sleep(settle)
             arg = make_arg()
             t = time.perf_counter()
             undo = fn(arg) if arg is not None else fn()

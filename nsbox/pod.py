@@ -174,9 +174,14 @@ class Pod:
                 self._nets[0].undo.append(published.remove)
 
     def _rollback(self) -> None:
+        """Undo a half-started pod.  The error that caused it is what the
+        caller must see: a teardown problem here is only added as a note."""
         self._kill_holder(signal.SIGKILL)
         self._reap_holder(None)
-        self._finish()
+        try:
+            self._finish()
+        except Exception as e:  # pragma: no cover - teardown of a failed start
+            warnings.warn(f"{self!r}: rolling back a failed start left something behind: {e}", RuntimeWarning)
 
     def stop(self, timeout: float = 10.0) -> Optional[int]:
         """Stop the pod; idempotent.  Returns the holder's exit status.

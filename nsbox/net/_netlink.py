@@ -275,6 +275,7 @@ def veth(name: str, peer: str, peer_netns_fd: int, *, mtu: Optional[int] = None,
     ask for those ifindexes (EBUSY if taken); else the echoed reply carries
     the new host-side ifindex (see :func:`echoed_index`)."""
     what = f"creating veth pair {name} <-> {peer}"
+    flags = CREATE if index else CREATE | NLM_F_ECHO  # (echo: to learn the ifindex)
     sentinels = {
         b"Q" * len(name.encode()): name.encode(),
         b"J" * len(peer.encode()): peer.encode(),
@@ -287,9 +288,9 @@ def veth(name: str, peer: str, peer_netns_fd: int, *, mtu: Optional[int] = None,
     if mtu is None and mac is None and peer_mac is None and len(name) != len(peer):
         key = ("veth", len(name.encode()), len(peer.encode()), master is not None)
         return Request(_templated(key, lambda: _veth_msg(*_veth_sentinel_args(name, peer, master)), sentinels),
-                       RTM_NEWLINK, CREATE | NLM_F_ECHO, what)
+                       RTM_NEWLINK, flags, what)
     m = _veth_msg(name, peer, peer_netns_fd, mtu, mac, peer_mac, master, index, peer_index)
-    return Request(m, RTM_NEWLINK, CREATE | NLM_F_ECHO, what)
+    return Request(m, RTM_NEWLINK, flags, what)
 
 
 def _veth_sentinel_args(name: str, peer: str, master: Optional[int]) -> tuple:
