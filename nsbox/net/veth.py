@@ -42,7 +42,7 @@ class Attachment:
     route_ifname: str = ""  # the host interface the pod is routed through
     host_index: int = 0
     peer_index: int = 0  # the pod end's ifindex when nsbox chose it, else 0
-    host_netns: int = -1  # fd of the namespace the host side lives in, or -1
+    host_netns: int = -1  # fd (shared, never closed) of the namespace the host side lives in
     undo: list = field(default_factory=list)  # extra teardown steps, run in reverse
 
     def detach(self, wait: float = 0.0) -> None:
@@ -74,9 +74,6 @@ class Attachment:
             except Exception as e:  # keep going: remove as much as possible
                 errors.append(e)
         self.undo.clear()
-        if self.host_netns >= 0:
-            os.close(self.host_netns)
-            self.host_netns = -1
 
 
 def wait_gone(host: nl.Rtnl, atts: list, timeout: float) -> None:
@@ -229,7 +226,7 @@ def create_pair(host: nl.Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Opti
         err = errors[0]
         if err is None:
             att = Attachment(host_ifname=name, ifname=ifname, host_index=index, peer_index=peer_index)
-            att.host_netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            att.host_netns = nl.current_netns_fd()
             failed = next((e for e in errors[1:] if e is not None), None)
             if failed is not None:
                 _detach_quietly(att)
