@@ -711,6 +711,13 @@ def _check_privilege(kinds: tuple[str, ...]) -> None:
 
 
 def _start_error(f: _syscalls.SpawnFailed, kinds: tuple[str, ...]) -> BaseException:
+    if f.errno in (errno.EMFILE, errno.ENFILE):
+        return PodStartError(
+            f.errno,
+            f"starting the pod failed at '{f.stage}': {os.strerror(f.errno)}; every running pod keeps "
+            "one file descriptor (its holder's pidfd): stop unused pods, or raise the limit "
+            "(resource.setrlimit(resource.RLIMIT_NOFILE, ...), ulimit -n)",
+        )
     if f.stage == "clone":
         return namespace_error(f.errno, f"creating the {', '.join(kinds)} namespaces")
     if f.stage == "exec" or f.stage == "wait for ready":

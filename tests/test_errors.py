@@ -115,3 +115,21 @@ def test_clone_eperm_maps_to_privilege_error():
     r = run_python(script)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(("PodStartError", "PrivilegeError")), r.stdout
+
+
+def test_too_many_open_files_says_what_to_do():
+    script = textwrap.dedent(
+        """
+        import os, resource, nsbox
+        nsbox.Pod().start().stop()  # warm up: per-process fds are open now
+        used = len(os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (used + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        try:
+            nsbox.Pod().start()
+        except nsbox.PodStartError as e:
+            print(e)
+        """
+    )
+    r = run_python(script)
+    assert r.returncode == 0, r.stderr
+    assert "RLIMIT_NOFILE" in r.stdout
