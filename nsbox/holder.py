@@ -47,7 +47,7 @@ def creator_pidfd() -> int:
     with _creator_lock:
         pid = os.getpid()
         if _creator is None or _creator[0] != pid:
-            _creator = (pid, _syscalls.pidfd_open(pid))
+            _creator = (pid, _syscalls.park(_syscalls.pidfd_open(pid)))
         return _creator[1]
 
 

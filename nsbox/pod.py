@@ -352,7 +352,7 @@ class Pod:
         nets, self._nets = self._nets, []
         if self._pidfd >= 0:
             fd, self._pidfd = self._pidfd, -1
-            os.close(fd)
+            _syscalls.close_parked(fd)
         self._state = "stopped"
         # Host-side objects go by recorded name, whatever became of the netns.
         if network_out is not None:

@@ -173,7 +173,7 @@ class PodProcess(subprocess.Popen):
         with lock:
             if self.pidfd >= 0:
                 fd, self.pidfd = self.pidfd, -1
-                os.close(fd)
+                _syscalls.close_parked(fd)
 
     def __del__(self, _warn: Any = None) -> None:  # type: ignore[override]
         super().__del__()

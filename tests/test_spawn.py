@@ -155,3 +155,30 @@ def test_ignored_libc_internal_signals_are_reset_too():
     own, child = r.stdout.split()
     assert int(own, 16) & (1 << 31)
     assert child == "0000000000000000"
+
+
+def test_shared_fd_table_path(monkeypatch, tmp_path):
+    # With many pods a process has many fds; children are then cloned sharing
+    # the fd table (no copy) and keep only what they need.  Force that path.
+    from nsbox import _syscalls
+
+    monkeypatch.setattr(_syscalls, "SHARE_FDS_ABOVE", -1)
+    leaky = os.open("/dev/null", os.O_RDONLY)
+    os.set_inheritable(leaky, True)
+    r_fd, w_fd = os.pipe()
+    try:
+        with nsbox.Pod(kinds=("user", "pid", "uts"), hostname="shared") as pod:  # user: the sync pipe too
+            r = pod.run([sys.executable, "-c", LIST_FDS], pass_fds=[w_fd], capture_output=True, text=True)
+            got = r.stdout.split()
+            assert str(w_fd) in got and str(leaky) not in got
+            assert pod.run(["hostname"], capture_output=True, text=True).stdout == "shared\n"
+            with pytest.raises(FileNotFoundError):
+                pod.spawn(["/nonexistent/program"])
+            p = pod.spawn(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            assert p.communicate(b"through pipes")[0] == b"through pipes"
+        # the parent's fds are all still there
+        os.fstat(leaky)
+        os.fstat(w_fd)
+    finally:
+        for fd in (leaky, r_fd, w_fd):
+            os.close(fd)

@@ -24,6 +24,8 @@ struct nsbox_spawn_req {
     const int *keep_fds;            /* sorted; kept open and made inheritable */
     int n_keep;
     int keep_signals_blocked;       /* exec with every signal still blocked */
+    int share_fds;                  /* clone with CLONE_FILES: no fd table copy,
+                                       one more handshake */
     int setsid;
     int pgid;                       /* < 0: leave */
     int umask;                      /* < 0: leave */

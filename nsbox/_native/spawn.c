@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/close_range.h>
 #include <net/if.h>
 #include <pthread.h>
 #include <sched.h>
@@ -50,6 +51,7 @@ struct spawn_ctx {
     int status_wr;     /* child -> parent, CLOEXEC */
     int sync_rd;       /* parent -> child "maps written", or -1 */
     int sync_wr;       /* the parent's end: the child must close its copy */
+    int keep_below;    /* every fd the child needs is below this */
 };
 
 int nsbox_pidfd_open(int pid, unsigned int flags)
@@ -225,6 +227,20 @@ static int child_main(void *arg)
     int saved_errno = 0;
     sigset_t empty;
 
+    /*
+     * With share_fds we were cloned with CLONE_FILES: no copy of a huge fd
+     * table (a process with 1000 pods holds 1000 pidfds).  Take a private table
+     * holding only the fds below keep_below (all we need) before touching
+     * any fd, then tell the parent, which may then close its ends.
+     */
+    if (r->share_fds) {
+        if (syscall(SYS_close_range, (unsigned int)ctx->keep_below, ~0U, CLOSE_RANGE_UNSHARE) < 0 &&
+            unshare(CLONE_FILES) < 0)
+            child_fail(st, "unshare fd table", errno);
+        while (write(st, "U", 1) < 0 && errno == EINTR)
+            ;
+    }
+
     /* Wait until the parent has written the user namespace maps. */
     if (ctx->sync_rd >= 0) {
         char c;
@@ -335,6 +351,23 @@ static int child_main(void *arg)
 
 /* ---- parent side ------------------------------------------------------- */
 
+static int keep_below(const struct nsbox_spawn_req *r, int status_wr, const int *sync)
+{
+    int m = status_wr;
+
+#define KEEP(fd) do { if ((fd) > m) m = (fd); } while (0)
+    KEEP(sync[0]);
+    KEEP(sync[1]);
+    for (int i = 0; i < 3; i++)
+        KEEP(r->stdio[i]);
+    KEEP(r->extra_fd_src);
+    KEEP(r->join_pidfd);
+    for (int i = 0; i < r->n_keep; i++)
+        KEEP(r->keep_fds[i]);
+#undef KEEP
+    return m + 1 < 3 ? 3 : m + 1;
+}
+
 static int write_file(const char *path, const char *data)
 {
     int fd = open(path, O_WRONLY | O_CLOEXEC);
@@ -432,12 +465,46 @@ static int do_spawn(const struct nsbox_spawn_req *r, struct nsbox_spawn_result *
     ctx.status_wr = status[1];
     ctx.sync_rd = sync[0];
     ctx.sync_wr = sync[1];
+    ctx.keep_below = keep_below(r, status[1], sync);
     pid = clone(child_main, (char *)stack + CHILD_STACK_SIZE,
-                CLONE_VM | CLONE_PIDFD | r->new_flags | SIGCHLD, &ctx, &pidfd);
+                CLONE_VM | (r->share_fds ? CLONE_FILES : 0) | CLONE_PIDFD | r->new_flags | SIGCHLD,
+                &ctx, &pidfd);
     if (pid < 0) {
         set_error(res, "clone", errno);
         munmap(stack, CHILD_STACK_SIZE);
         goto out;
+    }
+    /* Until the child has its own fd table, our fds are its fds. */
+    if (r->share_fds) {
+        char c = 0;
+        ssize_t n;
+        do
+            n = read(status[0], &c, 1);
+        while (n < 0 && errno == EINTR);
+        if (n != 1 || c != 'U') {
+            /* It failed before (an error record starts with 'E') or died. */
+            set_error(res, "unshare fd table", n == 1 ? EPROTO : ECHILD);
+            if (n == 1 && c == 'E') {
+                struct child_error e;
+                e.tag = 'E';
+                size_t got = 1;
+                while (got < sizeof(e)) {
+                    ssize_t m = read(status[0], (char *)&e + got, sizeof(e) - got);
+                    if (m < 0 && errno == EINTR)
+                        continue;
+                    if (m <= 0)
+                        break;
+                    got += (size_t)m;
+                }
+                if (got == sizeof(e)) {
+                    e.stage[sizeof(e.stage) - 1] = 0;
+                    set_error(res, e.stage, e.err);
+                }
+            }
+            discard_child(pid, pidfd);
+            munmap(stack, CHILD_STACK_SIZE);
+            goto out;
+        }
     }
     close(status[1]);
     status[1] = -1;

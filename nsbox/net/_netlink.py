@@ -89,7 +89,9 @@ def current_netns_fd() -> int:
         fd = _netns_fds.get(ino)
         if fd is not None:
             return fd
-        fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        from .. import _syscalls
+
+        fd = _syscalls.park(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
         cached = _netns_fds.setdefault(os.fstat(fd).st_ino, fd)
         if cached != fd:
             os.close(fd)
