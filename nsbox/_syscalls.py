@@ -106,7 +106,6 @@ class SpawnRequest:
     stdio: tuple[int, int, int] = (-1, -1, -1)
     extra_fd_src: int = -1
     extra_fd_dst: int = -1
-    ready_fd: int = -1
     keep_fds: Sequence[int] = field(default_factory=tuple)
     keep_signals_blocked: bool = False
     share_fds: Optional[bool] = None  # None: when many fds are parked
@@ -166,7 +165,6 @@ def spawn(r: SpawnRequest) -> tuple[int, int]:
     req.stdio = list(r.stdio)
     req.extra_fd_src = r.extra_fd_src
     req.extra_fd_dst = r.extra_fd_dst
-    req.ready_fd = r.ready_fd
     keep_fds = sorted(set(int(fd) for fd in r.keep_fds))
     kf = ffi.new("int[]", keep_fds or [0])
     keep.append(kf)

@@ -19,8 +19,6 @@ struct nsbox_spawn_req {
     int stdio[3];                   /* fds installed as 0, 1, 2; -1: inherit */
     int extra_fd_src;               /* installed as extra_fd_dst, or -1 */
     int extra_fd_dst;
-    int ready_fd;                   /* >= 0: status pipe installed here and the
-                                       program must write 'R' when ready */
     const int *keep_fds;            /* sorted; kept open and made inheritable */
     int n_keep;
     int keep_signals_blocked;       /* exec with every signal still blocked */

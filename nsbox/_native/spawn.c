@@ -223,7 +223,7 @@ static int child_main(void *arg)
     const struct nsbox_spawn_req *r = ctx->req;
     int st = ctx->status_wr;
     int tmp[3] = {-1, -1, -1}, extra_tmp = -1;
-    int extras[3], n_extras = 0;
+    int extras[2], n_extras = 0;
     int saved_errno = 0;
     sigset_t empty;
 
@@ -296,11 +296,6 @@ static int child_main(void *arg)
         if (dup2(extra_tmp, r->extra_fd_dst) < 0)
             child_fail(st, "install fd", errno);
         extras[n_extras++] = r->extra_fd_dst;
-    }
-    if (r->ready_fd >= 0) {
-        if (dup2(st, r->ready_fd) < 0)
-            child_fail(st, "install ready fd", errno);
-        extras[n_extras++] = r->ready_fd;
     }
     extras[n_extras++] = st;   /* CLOEXEC: gone at exec, needed until then */
     for (int i = 0; i < r->n_keep; i++)
@@ -525,7 +520,7 @@ static int do_spawn(const struct nsbox_spawn_req *r, struct nsbox_spawn_result *
         }
     }
 
-    /* Wait for: EOF (exec done), 'R' (program ready) or an error record. */
+    /* Wait for EOF (exec done: the pipe is close-on-exec) or an error record. */
     {
         struct child_error e;
         size_t got = 0;
@@ -533,21 +528,14 @@ static int do_spawn(const struct nsbox_spawn_req *r, struct nsbox_spawn_result *
             ssize_t n = read(status[0], (char *)&e + got, sizeof(e) - got);
             if (n < 0 && errno == EINTR)
                 continue;
-            if (n <= 0)
-                break;
-            got += (size_t)n;
-            if (e.tag == 'R' || got == sizeof(e))
+            if (n <= 0 || (got += (size_t)n) == sizeof(e))
                 break;
         }
-        if (got > 0 && e.tag == 'R' && r->ready_fd >= 0) {
+        if (got == 0) {
             rc = 0;
         } else if (got == sizeof(e) && e.tag == 'E') {
             e.stage[sizeof(e.stage) - 1] = 0;
             set_error(res, e.stage, e.err);
-        } else if (r->ready_fd >= 0) {
-            set_error(res, "wait for ready", got ? EPROTO : ECHILD);
-        } else if (got == 0) {
-            rc = 0;
         } else {
             set_error(res, "read status", EPROTO);
         }

@@ -19,9 +19,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
 from pyroute2.netlink.rtnl import (
-    RTM_DELADDR,
     RTM_DELLINK,
     RTM_DELQDISC,
     RTM_GETLINK,
@@ -290,11 +289,10 @@ def veth(name: str, peer: str, peer_netns_fd: int, *, mtu: Optional[int] = None,
          mac: Optional[str] = None, peer_mac: Optional[str] = None,
          master: Optional[int] = None, index: int = 0, peer_index: int = 0) -> Request:
     """Create a veth pair whose peer is born in another namespace, the host
-    end enslaved to ``master`` — one request (both ends start down).  ``index``/``peer_index``
-    ask for those ifindexes (EBUSY if taken); else the echoed reply carries
-    the new host-side ifindex (see :func:`echoed_index`)."""
+    end enslaved to ``master`` — one request (both ends start down).
+    ``index``/``peer_index`` ask for those ifindexes (EBUSY if taken)."""
     what = f"creating veth pair {name} <-> {peer}"
-    flags = CREATE if index else CREATE | NLM_F_ECHO  # (echo: to learn the ifindex)
+    flags = CREATE
     sentinels = {
         b"Q" * len(name.encode()): name.encode(),
         b"J" * len(peer.encode()): peer.encode(),
@@ -340,14 +338,6 @@ def _veth_msg(name: str, peer: str, peer_netns_fd: int, mtu: Optional[int], mac:
     m["index"] = index
     m["attrs"] = attrs
     return m
-
-
-def echoed_index(replies: list) -> Optional[int]:
-    """The ifindex in the echo of an RTM_NEWLINK request."""
-    for raw in replies:
-        if _HDR.unpack_from(raw)[1] == RTM_NEWLINK:
-            return struct.unpack_from("=i", raw, _HDR.size + 4)[0]
-    return None
 
 
 def bridge(name: str) -> Request:
