@@ -226,3 +226,20 @@ def test_same_bridge_name_for_another_subnet_is_refused(bridge):
         other = nsbox.Bridge(bridge.name, subnet="10.229.0.0/24")
         with pytest.raises(nsbox.NetworkError, match=f"made by nsbox for {bridge.subnet}"):
             nsbox.Pod(network=other).start()
+
+
+def test_stop_all_tears_everything_down(bridge):
+    pods = [nsbox.Pod(network=bridge, ports={18099: 80} if i == 0 else None) for i in range(10)]
+    for p in pods[:9]:
+        p.start()  # the last one is never started
+    members = [p.spawn(["sleep", "60"]) for p in pods[:3]]
+    pods[1].stop()  # one already stopped
+    names = {p.host_ifname for p in pods[2:9]} | {pods[0].host_ifname}
+    codes = nsbox.stop_all(pods)
+    assert codes == [0] * 9 + [None]
+    assert all(m.returncode is not None for m in members)
+    assert not names & {n for _, n in socket.if_nameindex()}
+    assert bridge.leases() == {} and bridge.ports() == []
+    r = subprocess.run(["nft", "list", "table", "ip", "nsbox"], capture_output=True, text=True)
+    assert "nsbox:" not in r.stdout
+    assert nsbox.stop_all(pods) == codes  # idempotent

@@ -45,23 +45,24 @@ class Attachment:
     host_netns: int = -1  # fd (shared, never closed) of the namespace the host side lives in
     undo: list = field(default_factory=list)  # extra teardown steps, run in reverse
 
-    def detach(self, wait: float = 0.0) -> None:
+    def detach(self, wait: float = 0.0, link_gone: bool = False) -> None:
         """Remove the host side; idempotent (a missing link is fine).
 
         Deletes the link (by ifindex, which the kernel does not reuse soon,
         in the namespace the link was made in), then the lease and rules.
         With ``wait``, first waits that long for the kernel to delete it with
-        the pod's namespace (see :func:`detach_all`)."""
+        the pod's namespace (see :func:`detach_all`); ``link_gone``: known
+        to be gone already."""
         errors: list = []
-        try:
-            sock = nl.socket_in_netns(self.host_netns) if self.host_netns >= 0 else None
-            with nl.Rtnl(sock) as host:
-                wait_gone(host, [self], wait)
-                err = host.run([nl.link_del(self.host_ifname, self.host_index)])[0]
-            if err is not None and err.errno not in (errno.ENODEV, errno.ENOENT):
-                errors.append(err)
-        except OSError as e:
-            errors.append(e)
+        if not link_gone:
+            try:
+                with _host_rtnl(self.host_netns) as host:
+                    wait_gone(host, [self], wait)
+                    err = host.run([nl.link_del(self.host_ifname, self.host_index)])[0]
+                if err is not None and err.errno not in (errno.ENODEV, errno.ENOENT):
+                    errors.append(err)
+            except OSError as e:
+                errors.append(e)
         self._undo(errors)
         if errors:
             e = errors[0]
@@ -97,21 +98,31 @@ def detach_all(atts: list, wait: float = _KERNEL_CLEANUP) -> None:
     batch.  So: wait up to ``wait`` seconds for that, then delete whatever is
     left (something else may keep a namespace alive) and release leases and
     rules."""
-    if not atts:
-        return
-    try:
-        with nl.Rtnl() as host:
-            wait_gone(host, atts, wait)
-    except OSError:
-        pass  # the explicit deletion below covers whatever is left
+    gone: set[int] = set()
+    by_netns: dict[int, list] = {}
+    for att in atts:
+        by_netns.setdefault(att.host_netns, []).append(att)
+    for netns, group in by_netns.items():
+        try:
+            with _host_rtnl(netns) as host:
+                wait_gone(host, group, wait)
+                still = host.existing([a.host_index for a in group if a.host_index])
+            gone.update(id(a) for a in group if a.host_index and a.host_index not in still)
+        except OSError:
+            pass  # unknown: each one is checked and deleted below
     errors = []
     for att in atts:
         try:
-            att.detach(wait=0)
+            att.detach(link_gone=id(att) in gone)
         except Exception as e:
             errors.append(e)
     if errors:
         raise errors[0]
+
+
+def _host_rtnl(netns_fd: int) -> nl.Rtnl:
+    """An rtnetlink socket in the namespace a host side was made in."""
+    return nl.Rtnl(nl.socket_in_netns(netns_fd) if netns_fd >= 0 else None)
 
 
 class Veth:
