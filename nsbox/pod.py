@@ -1,6 +1,6 @@
 """``Pod``: a holder plus the processes that join it, with one lifecycle.
 
-``Pod.start()`` → holder (new namespaces, hostname, ``lo`` up) → ready.
+``Pod.start()`` → holder (new namespaces, hostname, ``lo`` up) → network.
 ``Pod.spawn()`` → native child joins the holder's namespaces → exec.
 ``Pod.stop()`` → SIGTERM to every member, SIGKILL after ``timeout``, holder
 ends, everything reaped.
@@ -720,7 +720,7 @@ def _start_error(f: _syscalls.SpawnFailed, kinds: tuple[str, ...]) -> BaseExcept
         )
     if f.stage == "clone":
         return namespace_error(f.errno, f"creating the {', '.join(kinds)} namespaces")
-    if f.stage == "exec" or f.stage == "wait for ready":
+    if f.stage == "exec":
         return PodStartError(
             f.errno,
             f"the holder program could not start ({f.stage}: {os.strerror(f.errno)}); "
