@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any, Optional, Union
 
 from . import _syscalls
-from .errors import ConfigError, NotRunningError, PodStartError, PrivilegeError, UnsupportedError, namespace_error
+from .errors import ConfigError, NotRunningError, PodStartError, PrivilegeError, UnsupportedError, namespace_error, os_error
 from .holder import start_holder
 from .kinds import DEFAULT_KINDS, KINDS, KindsArg, flags_of, parse_kinds
 from .namespaces import Namespace, joined as _joined
@@ -720,6 +720,15 @@ def _start_error(f: _syscalls.SpawnFailed, kinds: tuple[str, ...]) -> BaseExcept
         )
     if f.stage == "clone":
         return namespace_error(f.errno, f"creating the {', '.join(kinds)} namespaces")
+    if f.stage in ("write uid_map", "write gid_map") and f.errno == errno.EPERM:
+        which = f.stage.split()[1]
+        return os_error(
+            PrivilegeError,
+            f.errno,
+            f"the kernel refused this {which}: without CAP_SETUID/CAP_SETGID a process may only map "
+            f"its own id, once (e.g. {which}='0 {os.geteuid() if which == 'uid_map' else os.getegid()} 1'); "
+            "pass such a map, or run as root",
+        )
     if f.stage == "exec":
         return PodStartError(
             f.errno,

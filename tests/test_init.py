@@ -27,7 +27,14 @@ def test_bad_options():
 def test_is_small_and_static():
     assert os.path.getsize(INIT) < 1_000_000
     with open(INIT, "rb") as f:
-        assert f.read(4) == b"\x7fELF"
+        data = f.read()
+    assert data[:4] == b"\x7fELF" and data[4] == 2  # ELF64
+    import struct
+
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    types = [struct.unpack_from("<I", data, phoff + i * phentsize)[0] for i in range(phnum)]
+    assert 3 not in types  # no PT_INTERP: statically linked, no dynamic loader
 
 
 def test_not_pid_1_warns_and_obeys_signals():
