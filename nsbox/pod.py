@@ -24,7 +24,7 @@ from .errors import ConfigError, NotRunningError, PodStartError, PrivilegeError,
 from .holder import start_holder
 from .kinds import DEFAULT_KINDS, KINDS, KindsArg, flags_of, parse_kinds
 from .namespaces import Namespace, joined as _joined
-from .spawn import PodProcess, check_popen_kwargs, pid_is_alive, wait_any
+from .spawn import PodProcess, pid_is_alive, wait_any
 
 __all__ = ["Pod", "stop_all"]
 
@@ -509,7 +509,6 @@ class Pod:
         mask, and is stopped with the pod.
         """
         join = self._join_kinds(kinds)
-        check_popen_kwargs(popen_kwargs)
         with self._lock:
             self._require_running()
             self._reap_members()

@@ -76,3 +76,20 @@ def run_python(script: str, *args: str, timeout: float = 60):
     return subprocess.run(
         [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout, cwd="/"
     )
+
+
+class another_thread:
+    """Context manager: one more thread alive in this process while inside
+    (for rules that depend on the process being single-threaded)."""
+
+    def __enter__(self):
+        import threading
+
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._stop.wait)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()

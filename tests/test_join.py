@@ -7,6 +7,7 @@ import pytest
 
 import nsbox
 from nsbox import Namespace
+from helpers import another_thread
 
 
 def thread_ns(kind):
@@ -69,22 +70,15 @@ def test_join_is_per_thread_and_threads_started_inside_inherit(pod):
 def test_join_mnt_from_a_threaded_process():
     # setns(mnt) fails with EINVAL while the thread shares its fs with others;
     # join() unshares CLONE_FS first.
-    with nsbox.Pod(kinds=("mnt", "pid")) as pod:
-        blocker = threading.Event()
-        t = threading.Thread(target=blocker.wait)
-        t.start()
-        try:
-            def inside():
-                with pod.joined("mnt"):
-                    with open("/proc/1/comm") as f:
-                        return f.read().strip()
+    with nsbox.Pod(kinds=("mnt", "pid")) as pod, another_thread():
+        def inside():
+            with pod.joined("mnt"):
+                with open("/proc/1/comm") as f:
+                    return f.read().strip()
 
-            assert run_in_thread(inside) == "nsbox-init"
-            with open("/proc/1/comm") as f:
-                assert f.read().strip() != "nsbox-init"
-        finally:
-            blocker.set()
-            t.join()
+        assert run_in_thread(inside) == "nsbox-init"
+        with open("/proc/1/comm") as f:
+            assert f.read().strip() != "nsbox-init"
 
 
 def test_join_exited_pid():
@@ -121,16 +115,9 @@ def test_join_bad_arguments(pod):
 
 
 def test_join_user_needs_a_single_threaded_process():
-    with nsbox.Pod(kinds=("user", "pid")) as pod:
-        blocker = threading.Event()
-        t = threading.Thread(target=blocker.wait)
-        t.start()
-        try:
-            with pytest.raises(nsbox.ThreadingError, match="single-threaded"):
-                nsbox.join(pod, "user")
-        finally:
-            blocker.set()
-            t.join()
+    with nsbox.Pod(kinds=("user", "pid")) as pod, another_thread():
+        with pytest.raises(nsbox.ThreadingError, match="single-threaded"):
+            nsbox.join(pod, "user")
 
 
 def test_namespace_handle(pod):
