@@ -176,10 +176,9 @@ class PodProcess(subprocess.Popen):
                 _syscalls.close_parked(fd)
 
     def __del__(self, _warn: Any = None) -> None:  # type: ignore[override]
-        if not hasattr(self, "_child_created"):
-            return  # rejected before Popen.__init__ ran: nothing to clean up
         super().__del__()
-        if self.returncode is not None:
+        # (returncode is missing when the options were rejected before Popen.__init__)
+        if getattr(self, "returncode", None) is not None:
             self._close_pidfd()
 
 
