@@ -11,7 +11,7 @@ from typing import Optional
 
 from ._native._nsbox import ffi, lib
 
-__all__ = ["pidfd_open", "pidfd_send_signal", "setns", "unshare", "socket_in_netns", "SpawnRequest", "SpawnFailed", "spawn"]
+__all__ = ["pidfd_open", "pidfd_send_signal", "setns", "unshare", "socket_in_netns", "SpawnRequest", "SpawnFailed", "spawn", "PendingSpawn"]
 
 
 _parked = 0  # how many parked fds are open (approximately: no lock needed)
@@ -142,13 +142,7 @@ def _opt(value: Optional[bytes], keep: list) -> object:
     return cell
 
 
-def spawn(r: SpawnRequest) -> tuple[int, int]:
-    """Clone and exec as described by ``r``; returns ``(pid, pidfd)``.
-
-    Raises :class:`SpawnFailed` when a step fails; the child is then already
-    reaped and nothing is left open.
-    """
-    keep: list = []
+def _request(r: SpawnRequest, keep: list) -> object:
     req = ffi.new("struct nsbox_spawn_req *")
     req.exec_paths = _strings(r.exec_paths, keep)
     req.argv = _strings(r.argv, keep)
@@ -184,7 +178,66 @@ def spawn(r: SpawnRequest) -> tuple[int, int]:
         keep.append(groups)
         req.groups = groups
         req.n_groups = len(r.groups)
+    return req
+
+
+def _failed(res: object) -> SpawnFailed:
+    return SpawnFailed(ffi.string(res.stage).decode(), res.err)  # type: ignore[attr-defined]
+
+
+def spawn(r: SpawnRequest) -> tuple[int, int]:
+    """Clone and exec as described by ``r``; returns ``(pid, pidfd)``.
+
+    Raises :class:`SpawnFailed` when a step fails; the child is then already
+    reaped and nothing is left open.
+    """
+    keep: list = []
+    req = _request(r, keep)
     res = ffi.new("struct nsbox_spawn_result *")
     if lib.nsbox_spawn(req, res) < 0:
-        raise SpawnFailed(ffi.string(res.stage).decode(), res.err)
+        raise _failed(res)
     return res.pid, park(res.pidfd)
+
+
+class PendingSpawn:
+    """A child that is cloned (its namespaces exist: ``pid``, ``pidfd``) but
+    may not have exec'd yet: the caller can work on its namespaces meanwhile,
+    then must call :meth:`finish` exactly once (it runs on the caller's
+    memory until then, which this object keeps alive)."""
+
+    def __init__(self, r: SpawnRequest):
+        self._keep: list = []
+        self._req = _request(r, self._keep)
+        self._pending = ffi.new("struct nsbox_spawn_pending *")
+        res = ffi.new("struct nsbox_spawn_result *")
+        if lib.nsbox_spawn_begin(self._req, res, self._pending) < 0:
+            raise _failed(res)
+        self.pid: int = res.pid
+        self.pidfd: int = res.pidfd
+
+    def finish(self) -> tuple[int, int]:
+        """Wait until the child has exec'd; returns ``(pid, pidfd)`` (the
+        pidfd parked).  Raises :class:`SpawnFailed` if a step before exec
+        failed; the child is then reaped and its pidfd closed."""
+        res = ffi.new("struct nsbox_spawn_result *")
+        if lib.nsbox_spawn_finish(self._pending, res) < 0:
+            raise _failed(res)
+        self.pidfd = park(res.pidfd)
+        return self.pid, self.pidfd
+
+    def __del__(self) -> None:
+        # Never unmap memory a child may still run on: a forgotten pending
+        # spawn is finished (and, if it failed, reaped) here.
+        # Nobody owns it: it is killed and reaped.
+        pending = getattr(self, "_pending", None)
+        if pending is not None and pending.status_rd >= 0:
+            try:
+                pid, pidfd = self.finish()
+            except SpawnFailed:
+                return
+            try:
+                pidfd_send_signal(pidfd, 9)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+            close_parked(pidfd)

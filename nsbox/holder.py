@@ -17,7 +17,7 @@ from typing import Optional
 from . import _syscalls
 from .kinds import KINDS, flags_of
 
-__all__ = ["INIT_PATH", "start_holder", "creator_pidfd"]
+__all__ = ["INIT_PATH", "start_holder", "begin_holder", "creator_pidfd"]
 
 INIT_PATH = Path(__file__).resolve().parent / "_native" / "nsbox-init"
 
@@ -64,6 +64,25 @@ def start_holder(
 
     Returns ``(pid, pidfd)``.  Raises :class:`nsbox._syscalls.SpawnFailed`.
     """
+    return begin_holder(kinds, hostname=hostname, mount_proc=mount_proc, uid_map=uid_map,
+                        gid_map=gid_map, verbose=verbose).finish()
+
+
+def begin_holder(
+    kinds: tuple[str, ...],
+    *,
+    hostname: Optional[str] = None,
+    mount_proc: bool = False,
+    uid_map: Optional[str] = None,
+    gid_map: Optional[str] = None,
+    verbose: bool = False,
+) -> _syscalls.PendingSpawn:
+    """Clone the holder in new ``kinds`` namespaces and return at once: its
+    namespaces exist (a netns can be wired) while it sets itself up and
+    execs; ``finish()`` the result to wait for that.
+
+    Raises :class:`nsbox._syscalls.SpawnFailed`.
+    """
     init = os.fsencode(INIT_PATH)
     # No readiness handshake (init's -r): the holder runs from exec on with
     # every signal blocked, so a signal sent before its signalfd exists stays
@@ -76,7 +95,7 @@ def start_holder(
         argv.append(b"-w")
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
-        return _syscalls.spawn(
+        return _syscalls.PendingSpawn(
             _syscalls.SpawnRequest(
                 exec_paths=[init],
                 argv=argv,

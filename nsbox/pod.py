@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 
 from . import _syscalls
 from .errors import ConfigError, NotRunningError, PodStartError, PrivilegeError, UnsupportedError, namespace_error, os_error
-from .holder import start_holder
+from .holder import begin_holder
 from .kinds import DEFAULT_KINDS, KINDS, KindsArg, flags_of, parse_kinds
 from .namespaces import Namespace, joined as _joined
 from .spawn import PodProcess, pid_is_alive, wait_any
@@ -136,7 +136,7 @@ class Pod:
             if "user" not in self.kinds:
                 _check_privilege(self.kinds)
             try:
-                pid, pidfd = start_holder(
+                pending = begin_holder(
                     self.kinds,
                     hostname=self.hostname,
                     mount_proc=self.mount_proc,
@@ -145,14 +145,27 @@ class Pod:
                 )
             except _syscalls.SpawnFailed as f:
                 raise _start_error(f, self.kinds) from None
-            self._pid, self._pidfd = pid, pidfd
+            # The namespaces exist from clone on: wire them while the holder
+            # sets itself up and execs on the other CPU, then wait for it.
+            self._pid = pending.pid
             self._state = "running"
             try:
                 self._after_start()
             except BaseException:
+                self._finish_holder(pending)
                 self._rollback()
                 raise
+            self._finish_holder(pending)
             return self
+
+    def _finish_holder(self, pending: _syscalls.PendingSpawn) -> None:
+        """Wait until the holder has exec'd.  If a step before its exec
+        failed, that is the error to report: roll back and raise it."""
+        try:
+            self._pid, self._pidfd = pending.finish()
+        except _syscalls.SpawnFailed as f:
+            self._rollback()  # the native side has reaped the holder already
+            raise _start_error(f, self.kinds) from None
 
     def _after_start(self) -> None:
         """Steps that need a running holder; any exception rolls the pod back."""

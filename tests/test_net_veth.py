@@ -155,3 +155,27 @@ def test_network_needs_net_kind():
         nsbox.Pod(kinds=("uts",), network=veth(30))
     with pytest.raises(nsbox.ConfigError, match="network must be"):
         nsbox.Pod(network="10.210.30.2/24")
+
+
+def test_holder_failing_while_its_network_is_wired_reports_the_holder_error(monkeypatch):
+    # The host side is wired while the holder is still setting itself up:
+    # when the holder then fails (here: its program is missing), that is the
+    # error the caller sees, and the network made meanwhile is removed.
+    import nsbox.holder
+
+    monkeypatch.setattr(nsbox.holder, "INIT_PATH", nsbox.holder.INIT_PATH.with_name("missing-init"))
+    before_links = {n for _, n in socket.if_nameindex()}
+    before = holder_pids()
+    with pytest.raises(nsbox.PodStartError, match="exec") as e:
+        nsbox.Pod(network=veth(40)).start()
+    assert e.value.errno == errno.ENOENT
+    assert {n for _, n in socket.if_nameindex()} == before_links
+    assert holder_pids() == before
+
+
+def test_network_failing_while_the_holder_starts_leaves_no_holder():
+    with nsbox.Pod(network=veth(41)) as first:
+        before = holder_pids()
+        with pytest.raises(nsbox.NetworkError, match="taken"):
+            nsbox.Pod(network=veth(42, host_ifname=first.host_ifname)).start()
+        assert holder_pids() == before

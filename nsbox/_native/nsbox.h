@@ -40,7 +40,19 @@ struct nsbox_spawn_result {
     char stage[28];                 /* which step failed */
 };
 
+/* A child cloned but not yet known to have exec'd: it may still run on
+ * memory of the caller (the request, its stack).  Finish it exactly once. */
+struct nsbox_spawn_pending {
+    int pid;
+    int pidfd;
+    int status_rd;
+    void *stack;
+};
+
 int nsbox_spawn(const struct nsbox_spawn_req *req, struct nsbox_spawn_result *res);
+int nsbox_spawn_begin(const struct nsbox_spawn_req *req, struct nsbox_spawn_result *res,
+                      struct nsbox_spawn_pending *pending);
+int nsbox_spawn_finish(struct nsbox_spawn_pending *pending, struct nsbox_spawn_result *res);
 int nsbox_pidfd_open(int pid, unsigned int flags);
 int nsbox_pidfd_send_signal(int pidfd, int sig);
 int nsbox_setns(int fd, int nstype);
