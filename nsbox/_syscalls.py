@@ -4,7 +4,9 @@ Nothing else in nsbox touches ``nsbox._native._nsbox`` directly.
 """
 from __future__ import annotations
 
+import fcntl
 import os
+import resource
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
@@ -14,39 +16,38 @@ from ._native._nsbox import ffi, lib
 __all__ = ["pidfd_open", "pidfd_send_signal", "setns", "unshare", "socket_in_netns", "SpawnRequest", "SpawnFailed", "spawn", "PendingSpawn"]
 
 
-_parked = 0  # how many parked fds are open (approximately: no lock needed)
-# With fewer parked fds than this, copying the fd table at clone costs less
-# than the extra handshake that sharing it needs.
-SHARE_FDS_ABOVE = 64
+# Children are cloned sharing the fd table (CLONE_FILES) and first take a
+# private copy of only the fds below the highest one they need
+# (close_range(CLOSE_RANGE_UNSHARE)).  Copying the whole table at clone
+# instead costs +130 us per spawn as soon as one fd is parked high (measured).
+SHARE_FDS = True
+_park_base = 0
 
 
 def park(fd: int) -> int:
     """Move a long-lived fd (a pidfd, a namespace fd) to a high number and
     return the new number (or ``fd`` if there is no room up there).
 
-    Child processes are cloned sharing the fd table and keep only the fds
-    below the highest one they need: kept out of the low range, the fds of
-    many pods cost a new child nothing."""
-    import fcntl
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    base = max(soft // 2, 64) if soft != resource.RLIM_INFINITY else 1 << 16
-    global _parked
-    try:
-        new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base)
-    except OSError:
-        return fd
-    os.close(fd)
-    _parked += 1
-    return new
+    Child processes keep only the fds below the highest one they need: kept
+    out of the low range, the fds of many pods cost a new child nothing."""
+    global _park_base
+    for _ in range(2):
+        if not _park_base:
+            soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            _park_base = max(soft // 2, 64) if soft != resource.RLIM_INFINITY else 1 << 16
+        try:
+            new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _park_base)
+        except OSError:
+            _park_base = 0  # the limit changed: look again, once
+            continue
+        os.close(fd)
+        return new
+    return fd
 
 
 def close_parked(fd: int) -> None:
     """Close an fd that :func:`park` returned."""
-    global _parked
     os.close(fd)
-    _parked -= 1
 
 
 def _raise(path: object = None) -> None:
@@ -104,11 +105,12 @@ class SpawnRequest:
     gid_map: Optional[bytes] = None
     cwd: Optional[bytes] = None
     stdio: tuple[int, int, int] = (-1, -1, -1)
+    null_stdio: int = 0  # bit i: fd i is /dev/null (opened by the child)
     extra_fd_src: int = -1
     extra_fd_dst: int = -1
     keep_fds: Sequence[int] = field(default_factory=tuple)
     keep_signals_blocked: bool = False
-    share_fds: Optional[bool] = None  # None: when many fds are parked
+    share_fds: Optional[bool] = None  # None: SHARE_FDS
     setsid: bool = False
     pgid: int = -1
     umask: int = -1
@@ -157,6 +159,7 @@ def _request(r: SpawnRequest, keep: list) -> object:
     req.gid_map = _opt(r.gid_map, keep)
     req.cwd = _opt(r.cwd, keep)
     req.stdio = list(r.stdio)
+    req.null_stdio = r.null_stdio
     req.extra_fd_src = r.extra_fd_src
     req.extra_fd_dst = r.extra_fd_dst
     keep_fds = sorted(set(int(fd) for fd in r.keep_fds))
@@ -165,7 +168,7 @@ def _request(r: SpawnRequest, keep: list) -> object:
     req.keep_fds = kf
     req.n_keep = len(keep_fds)
     req.keep_signals_blocked = int(r.keep_signals_blocked)
-    req.share_fds = int(_parked > SHARE_FDS_ABOVE if r.share_fds is None else r.share_fds)
+    req.share_fds = int(SHARE_FDS if r.share_fds is None else r.share_fds)
     req.setsid = int(r.setsid)
     req.pgid = r.pgid
     req.umask = r.umask
@@ -199,15 +202,26 @@ def spawn(r: SpawnRequest) -> tuple[int, int]:
     return res.pid, park(res.pidfd)
 
 
+class Prepared:
+    """A :class:`SpawnRequest` in native form, reusable for many spawns
+    (the native side only reads it) as long as the fds it names stay open."""
+
+    __slots__ = ("req", "_keep")
+
+    def __init__(self, r: SpawnRequest):
+        self._keep: list = []
+        self.req = _request(r, self._keep)
+
+
 class PendingSpawn:
     """A child that is cloned (its namespaces exist: ``pid``, ``pidfd``) but
     may not have exec'd yet: the caller can work on its namespaces meanwhile,
     then must call :meth:`finish` exactly once (it runs on the caller's
     memory until then, which this object keeps alive)."""
 
-    def __init__(self, r: SpawnRequest):
-        self._keep: list = []
-        self._req = _request(r, self._keep)
+    def __init__(self, r: "SpawnRequest | Prepared"):
+        self._prepared = r if isinstance(r, Prepared) else Prepared(r)
+        self._req = self._prepared.req
         self._pending = ffi.new("struct nsbox_spawn_pending *")
         res = ffi.new("struct nsbox_spawn_result *")
         if lib.nsbox_spawn_begin(self._req, res, self._pending) < 0:

@@ -83,6 +83,24 @@ def begin_holder(
 
     Raises :class:`nsbox._syscalls.SpawnFailed`.
     """
+    creator = creator_pidfd()
+    key = (INIT_PATH, kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator)
+    prepared = _prepared.get(key)
+    if prepared is None:
+        prepared = _prepare(kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator)
+        if len(_prepared) >= 64:
+            _prepared.clear()
+        _prepared[key] = prepared
+    return _syscalls.PendingSpawn(prepared)
+
+
+# Holder requests in native form, by shape: pods of one shape reuse one.
+_prepared: dict = {}
+os.register_at_fork(after_in_child=_prepared.clear)
+
+
+def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, uid_map: Optional[str],
+             gid_map: Optional[str], verbose: bool, creator: int) -> _syscalls.Prepared:
     init = os.fsencode(INIT_PATH)
     # No readiness handshake (init's -r): the holder runs from exec on with
     # every signal blocked, so a signal sent before its signalfd exists stays
@@ -93,25 +111,21 @@ def begin_holder(
         argv.append(b"-s")  # not PID 1: a quiet child subreaper
     if verbose:
         argv.append(b"-w")
-    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        return _syscalls.PendingSpawn(
-            _syscalls.SpawnRequest(
-                exec_paths=[init],
-                argv=argv,
-                envp=[],
-                new_flags=flags_of(k for k in kinds if k in KINDS),
-                hostname=hostname.encode() if hostname is not None else None,
-                loopback_up="net" in kinds,
-                mount_proc=mount_proc,
-                uid_map=uid_map.encode() if uid_map is not None else None,
-                gid_map=gid_map.encode() if gid_map is not None else None,
-                cwd=b"/",
-                stdio=(devnull, devnull, -1),
-                extra_fd_src=creator_pidfd(),
-                extra_fd_dst=_CREATOR_FD,
-                keep_signals_blocked=True,  # nothing is lost before its signalfd exists
-            )
+    return _syscalls.Prepared(
+        _syscalls.SpawnRequest(
+            exec_paths=[init],
+            argv=argv,
+            envp=[],
+            new_flags=flags_of(k for k in kinds if k in KINDS),
+            hostname=hostname.encode() if hostname is not None else None,
+            loopback_up="net" in kinds,
+            mount_proc=mount_proc,
+            uid_map=uid_map.encode() if uid_map is not None else None,
+            gid_map=gid_map.encode() if gid_map is not None else None,
+            cwd=b"/",
+            null_stdio=0b011,  # stdin, stdout: /dev/null; stderr: the creator's (for -w)
+            extra_fd_src=creator,
+            extra_fd_dst=_CREATOR_FD,
+            keep_signals_blocked=True,  # nothing is lost before its signalfd exists
         )
-    finally:
-        os.close(devnull)
+    )

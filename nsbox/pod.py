@@ -133,8 +133,6 @@ class Pod:
         with self._lock:
             if self._state != "new":
                 raise ConfigError(f"pod was already started ({self._state}); create a new Pod")
-            if "user" not in self.kinds:
-                _check_privilege(self.kinds)
             try:
                 pending = begin_holder(
                     self.kinds,
@@ -169,13 +167,19 @@ class Pod:
 
     def _after_start(self) -> None:
         """Steps that need a running holder; any exception rolls the pod back."""
-        for k in self.kinds:
-            self._inodes[k] = os.stat(f"/proc/{self._pid}/ns/{k}").st_ino
+        # (The holder is our unreaped child: its PID cannot be reused here.)
+        proc = f"/proc/{self._pid}/ns/"
+        netns = os.open(proc + "net", os.O_RDONLY | os.O_CLOEXEC) if self.networks else -1
+        try:
+            for k in self.kinds:
+                self._inodes[k] = os.fstat(netns).st_ino if k == "net" and netns >= 0 else os.stat(proc + k).st_ino
+            for i, net in enumerate(self.networks):
+                # Only the first network may give the pod its default route.
+                self._nets.append(net._attach(netns, self._pid, primary=i == 0))
+        finally:
+            if netns >= 0:
+                os.close(netns)
         if self.networks:
-            with Namespace.from_pid(self._pid, "net") as ns:  # type: ignore[arg-type]
-                for i, net in enumerate(self.networks):
-                    # Only the first network may give the pod its default route.
-                    self._nets.append(net._attach(ns.fileno(), self._pid, primary=i == 0))
             if self.ports:
                 from .net.ipam import owner_of
                 from .net.ports import publish
@@ -709,17 +713,20 @@ def _format_id_map(name: str, value: Optional[IdMap], own_id: int) -> str:
     return "\n".join(out) + "\n"
 
 
-def _check_privilege(kinds: tuple[str, ...]) -> None:
+def _privilege_error(kinds: tuple[str, ...]) -> Optional[PrivilegeError]:
+    """Why clone() was refused, if it is a missing CAP_SYS_ADMIN (checked
+    only after a failure: the check costs more than the clone's own)."""
     try:
         import prctl
     except ImportError:  # pragma: no cover - python-prctl is a dependency
-        return
-    if not prctl.cap_effective.sys_admin:
-        raise PrivilegeError(
-            errno.EPERM,
-            f"creating the {', '.join(kinds)} namespaces needs CAP_SYS_ADMIN, which this process "
-            "lacks: run as root, or add the 'user' kind for an unprivileged pod",
-        )
+        return None
+    if "user" in kinds or prctl.cap_effective.sys_admin:
+        return None
+    return PrivilegeError(
+        errno.EPERM,
+        f"creating the {', '.join(kinds)} namespaces needs CAP_SYS_ADMIN, which this process "
+        "lacks: run as root, or add the 'user' kind for an unprivileged pod",
+    )
 
 
 def _start_error(f: _syscalls.SpawnFailed, kinds: tuple[str, ...]) -> BaseException:
@@ -731,6 +738,10 @@ def _start_error(f: _syscalls.SpawnFailed, kinds: tuple[str, ...]) -> BaseExcept
             "(resource.setrlimit(resource.RLIMIT_NOFILE, ...), ulimit -n)",
         )
     if f.stage == "clone":
+        if f.errno == errno.EPERM:
+            e = _privilege_error(kinds)
+            if e is not None:
+                return e
         return namespace_error(f.errno, f"creating the {', '.join(kinds)} namespaces")
     if f.stage in ("write uid_map", "write gid_map") and f.errno == errno.EPERM:
         which = f.stage.split()[1]

@@ -179,3 +179,15 @@ def test_network_failing_while_the_holder_starts_leaves_no_holder():
         with pytest.raises(nsbox.NetworkError, match="taken"):
             nsbox.Pod(network=veth(42, host_ifname=first.host_ifname)).start()
         assert holder_pids() == before
+
+
+def test_a_kernel_that_does_not_answer_is_a_clear_error(monkeypatch):
+    # Answers are read without waiting (the kernel queues them inside
+    # send()); if one is missing, nsbox waits _TIMEOUT, then says so.
+    from nsbox.net import _netlink as nl
+
+    monkeypatch.setattr(nl, "_TIMEOUT", 0.05)
+    with nl.Rtnl() as r:
+        with pytest.raises(nsbox.NetworkError, match="setting up link lo: no answer") as e:
+            r._recv(nl.link_set(1, "lo"))
+    assert e.value.errno == errno.ETIMEDOUT

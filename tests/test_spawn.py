@@ -157,12 +157,13 @@ def test_ignored_libc_internal_signals_are_reset_too():
     assert child == "0000000000000000"
 
 
-def test_shared_fd_table_path(monkeypatch, tmp_path):
-    # With many pods a process has many fds; children are then cloned sharing
-    # the fd table (no copy) and keep only what they need.  Force that path.
+@pytest.mark.parametrize("share", [True, False])
+def test_both_fd_table_paths(monkeypatch, share):
+    # Children are cloned sharing the fd table (no copy) and keep only what
+    # they need; the copying path (share=False) must behave the same.
     from nsbox import _syscalls
 
-    monkeypatch.setattr(_syscalls, "SHARE_FDS_ABOVE", -1)
+    monkeypatch.setattr(_syscalls, "SHARE_FDS", share)
     leaky = os.open("/dev/null", os.O_RDONLY)
     os.set_inheritable(leaky, True)
     r_fd, w_fd = os.pipe()

@@ -316,9 +316,26 @@ static int child_main(void *arg)
             child_fail(st, "relocate status fd", errno);
         st = fd;
     }
-    for (int i = 0; i < 3; i++)
-        if (r->stdio[i] >= 0 && (tmp[i] = fcntl(r->stdio[i], F_DUPFD_CLOEXEC, RELOCATE_MIN_FD)) < 0)
+    for (int i = 0; i < 3; i++) {
+        if (r->null_stdio & (1 << i)) {
+            if (tmp[0] >= 0 && (r->null_stdio & 1))  /* one /dev/null serves all */
+                tmp[i] = tmp[0];
+            else if (tmp[1] >= 0 && (r->null_stdio & 2))
+                tmp[i] = tmp[1];
+            else if ((tmp[i] = open("/dev/null", O_RDWR | O_CLOEXEC)) < 0)
+                child_fail(st, "open /dev/null", errno);
+            else if (tmp[i] < RELOCATE_MIN_FD) {
+                int fd = fcntl(tmp[i], F_DUPFD_CLOEXEC, RELOCATE_MIN_FD);
+                if (fd < 0)
+                    child_fail(st, "open /dev/null", errno);
+                close(tmp[i]);
+                tmp[i] = fd;
+            }
+        } else if (r->stdio[i] >= 0 &&
+                   (tmp[i] = fcntl(r->stdio[i], F_DUPFD_CLOEXEC, RELOCATE_MIN_FD)) < 0) {
             child_fail(st, "duplicate stdio fd", errno);
+        }
+    }
     if (r->extra_fd_src >= 0 &&
         (extra_tmp = fcntl(r->extra_fd_src, F_DUPFD_CLOEXEC, RELOCATE_MIN_FD)) < 0)
         child_fail(st, "duplicate fd", errno);

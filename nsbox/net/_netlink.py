@@ -13,6 +13,7 @@ import errno
 import functools
 import ipaddress
 import os
+import select
 import socket
 import struct
 import threading
@@ -33,6 +34,8 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from ..errors import NetworkError
+
 __all__ = ["Rtnl", "Request", "NetlinkError", "socket_in_netns"]
 
 NETLINK_ROUTE = 0
@@ -46,6 +49,7 @@ NLMSGERR_ATTR_MSG = 1
 IFF_UP = 0x1
 _TIMEOUT = 10.0  # seconds: the kernel answers at once, or something is badly wrong
 _HDR = struct.Struct("=IHHII")
+_RECV_BUF = 1 << 16  # answers are acks and single links (< 2 kB each), one per datagram
 
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 REPLACE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
@@ -57,12 +61,24 @@ class NetlinkError(OSError):
 
 
 class Request:
-    """One rtnetlink message: a pyroute2 message object, its type and flags."""
+    """One rtnetlink message: a pyroute2 message object, its type and flags.
 
-    __slots__ = ("msg", "type", "flags", "what")
+    ``what`` says what it does, for error messages: a ``str.format`` string
+    and its ``args``, formatted only when needed (formatting addresses for
+    every request costs more than encoding the message)."""
 
-    def __init__(self, msg: Any, type: int, flags: int, what: str):
-        self.msg, self.type, self.flags, self.what = msg, type, flags, what
+    __slots__ = ("msg", "type", "flags", "_what", "_args")
+
+    def __init__(self, msg: Any, type: int, flags: int, what: str, *args: Any):
+        self.msg, self.type, self.flags, self._what, self._args = msg, type, flags, what, args
+
+    @property
+    def what(self) -> str:
+        return self._what.format(*self._args) if self._args else self._what
+
+    @what.setter
+    def what(self, value: str) -> None:
+        self._what, self._args = value, ()
 
 
 def socket_in_netns(ns_fd: int) -> socket.socket:
@@ -83,30 +99,40 @@ def current_netns_fd() -> int:
     """An fd on the calling thread's network namespace, opened once per
     namespace and kept: pods remember where their host side lives without
     one fd each (every fd makes each clone() of the process a little slower)."""
-    ino = os.stat("/proc/thread-self/ns/net").st_ino
+    return _netns_fd(os.stat("/proc/thread-self/ns/net").st_ino)
+
+
+def _netns_fd(ino: int) -> int:
     with _shared_lock:
         fd = _netns_fds.get(ino)
         if fd is not None:
             return fd
-        from .. import _syscalls
+    from .. import _syscalls
 
-        fd = _syscalls.park(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+    fd = _syscalls.park(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+    with _shared_lock:
         cached = _netns_fds.setdefault(os.fstat(fd).st_ino, fd)
-        if cached != fd:
-            os.close(fd)
-        return cached
+    if cached != fd:
+        _syscalls.close_parked(fd)
+    return cached
 
 
 def shared() -> "Rtnl":
     """A long-lived socket in the calling thread's network namespace, shared
     by all threads (requests are serialized by its lock): saves opening one
-    per pod.  Forgotten in forked children."""
+    per pod.  Its ``netns_fd`` is :func:`current_netns_fd`'s.  Forgotten in
+    forked children."""
     ino = os.stat("/proc/thread-self/ns/net").st_ino
     with _shared_lock:
         r = _shared.get(ino)
-        if r is None:
-            r = _shared[ino] = Rtnl(shared=True)
-        return r
+    if r is None:
+        fd = _netns_fd(ino)
+        with _shared_lock:
+            r = _shared.get(ino)
+            if r is None:
+                r = _shared[ino] = Rtnl(shared=True)
+                r.netns_fd = fd
+    return r
 
 
 def _forget_shared() -> None:
@@ -126,7 +152,6 @@ def _setup(s: socket.socket) -> socket.socket:
     try:
         s.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         s.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        s.settimeout(_TIMEOUT)
         s.bind((0, 0))
     except BaseException:
         s.close()
@@ -142,6 +167,8 @@ class Rtnl:
         self._seq = 0
         self._lock = threading.Lock()
         self._shared = shared
+        self.netns_fd = -1  # for a shared socket: an fd on its namespace
+        self._buf = bytearray(_RECV_BUF)
 
     def close(self) -> None:
         if not self._shared:
@@ -179,10 +206,7 @@ class Rtnl:
             replies: dict[int, list[bytes]] = {}
             wanted = set(seqs)
             while len(results) < len(seqs):
-                try:
-                    data, (sender, _groups) = self.sock.recvfrom(1 << 20)
-                except socket.timeout:
-                    raise NetworkError(errno.ETIMEDOUT, f"{requests[0].what}: no answer from the kernel") from None
+                data, sender = self._recv(requests[0])
                 if sender != 0:
                     continue  # not from the kernel
                 off = 0
@@ -203,6 +227,25 @@ class Rtnl:
                     off += (length + 3) & ~3
             self.replies = [replies.get(s, []) for s in seqs]
             return [results[s] for s in seqs]
+
+    def _recv(self, first: Optional[Request]) -> tuple[bytes, int]:
+        """The next datagram and its sender.  The kernel handles a request
+        inside send() and queues the answer before send() returns, so it is
+        read without waiting (no poll() per answer); poll only if it is not
+        there yet, and give up after _TIMEOUT."""
+        while True:
+            try:
+                # Into a buffer kept per socket: recvfrom(1 MB) would allocate
+                # (mmap and fault in) a fresh megabyte per answer (~30 us).
+                n, _anc, flags, (sender, _groups) = self.sock.recvmsg_into([self._buf], 0, socket.MSG_DONTWAIT)
+                if flags & socket.MSG_TRUNC:
+                    raise NetworkError(errno.EMSGSIZE, "an answer from the kernel did not fit the receive buffer")
+                return bytes(self._buf[:n]), sender
+            except BlockingIOError:
+                pass
+            if not select.select([self.sock], [], [], _TIMEOUT)[0]:
+                what = first.what if first is not None else "looking up links"
+                raise NetworkError(errno.ETIMEDOUT, f"{what}: no answer from the kernel")
 
     def check(self, requests: Sequence[Request]) -> None:
         """Run and raise the first error."""
@@ -247,10 +290,7 @@ class Rtnl:
             self.sock.send(b"".join(chunks))
             alive, answered = set(), set()
             while len(answered) < len(by_seq):
-                try:
-                    data, (sender, _groups) = self.sock.recvfrom(1 << 20)
-                except socket.timeout:
-                    raise NetworkError(errno.ETIMEDOUT, "looking up links: no answer from the kernel") from None
+                data, sender = self._recv(None)
                 if sender != 0:
                     continue
                 off = 0
@@ -270,7 +310,7 @@ class Rtnl:
         """The ifindex of ``name`` in this socket's namespace, or None."""
         m = ifinfmsg()
         m["attrs"] = [("IFLA_IFNAME", name)]
-        err = self.run([Request(m, RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, f"looking up {name}")])[0]
+        err = self.run([Request(m, RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, "looking up {}", name)])[0]
         if err is not None:
             if err.errno == errno.ENODEV:
                 return None
@@ -285,13 +325,15 @@ class Rtnl:
 # ---- message builders ---------------------------------------------------------
 
 
+_VETH_WHAT = "creating veth pair {} <-> {}"
+
+
 def veth(name: str, peer: str, peer_netns_fd: int, *, mtu: Optional[int] = None,
          mac: Optional[str] = None, peer_mac: Optional[str] = None,
          master: Optional[int] = None, index: int = 0, peer_index: int = 0) -> Request:
     """Create a veth pair whose peer is born in another namespace, the host
     end enslaved to ``master`` — one request (both ends start down).
     ``index``/``peer_index`` ask for those ifindexes (EBUSY if taken)."""
-    what = f"creating veth pair {name} <-> {peer}"
     flags = CREATE
     sentinels = {
         b"Q" * len(name.encode()): name.encode(),
@@ -305,9 +347,9 @@ def veth(name: str, peer: str, peer_netns_fd: int, *, mtu: Optional[int] = None,
     if mtu is None and mac is None and peer_mac is None and len(name) != len(peer):
         key = ("veth", len(name.encode()), len(peer.encode()), master is not None)
         return Request(_templated(key, lambda: _veth_msg(*_veth_sentinel_args(name, peer, master)), sentinels),
-                       RTM_NEWLINK, flags, what)
+                       RTM_NEWLINK, flags, _VETH_WHAT, name, peer)
     m = _veth_msg(name, peer, peer_netns_fd, mtu, mac, peer_mac, master, index, peer_index)
-    return Request(m, RTM_NEWLINK, flags, what)
+    return Request(m, RTM_NEWLINK, flags, _VETH_WHAT, name, peer)
 
 
 def _veth_sentinel_args(name: str, peer: str, master: Optional[int]) -> tuple:
@@ -344,7 +386,7 @@ def bridge(name: str) -> Request:
     m = ifinfmsg()
     m["attrs"] = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})]
 
-    return Request(m, RTM_NEWLINK, CREATE, f"creating bridge {name}")
+    return Request(m, RTM_NEWLINK, CREATE, "creating bridge {}", name)
 
 
 def link_set(index: int, name: str, *, up: bool = True, master: Optional[int] = None,
@@ -369,14 +411,13 @@ def link_set(index: int, name: str, *, up: bool = True, master: Optional[int] = 
         m["attrs"] = attrs
         return m
 
-    what = f"setting up link {name}"
     if alias is not None:
-        return Request(build(index, master), RTM_NEWLINK, CHANGE, what)
+        return Request(build(index, master), RTM_NEWLINK, CHANGE, "setting up link {}", name)
     values = {_SENTINEL_INDEX: struct.pack("=i", index)}
     if master is not None:
         values[struct.pack("=i", 0x7EADBEE3)] = struct.pack("=i", master)
     key = ("link_set", up, master is not None, no_ipv6_ll)
-    return Request(_templated(key, build, values), RTM_NEWLINK, CHANGE, what)
+    return Request(_templated(key, build, values), RTM_NEWLINK, CHANGE, "setting up link {}", name)
 
 
 def link_del(name: str, index: int = 0) -> Request:
@@ -386,7 +427,7 @@ def link_del(name: str, index: int = 0) -> Request:
         m["index"] = index
     else:
         m["attrs"] = [("IFLA_IFNAME", name)]
-    return Request(m, RTM_DELLINK, CHANGE, f"deleting link {name}")
+    return Request(m, RTM_DELLINK, CHANGE, "deleting link {}", name)
 
 
 # ---- templates -----------------------------------------------------------------
@@ -453,7 +494,7 @@ def addr_add(index: int, name: str, iface: Any) -> Request:
     if brd:
         values[sentinel_iface.network.broadcast_address.packed] = iface.network.broadcast_address.packed
     msg = _templated(("addr", iface.version, prefixlen), build, values)
-    return Request(msg, RTM_NEWADDR, CREATE, f"adding address {iface} to {name}")
+    return Request(msg, RTM_NEWADDR, CREATE, "adding address {} to {}", iface, name)
 
 
 
@@ -486,8 +527,7 @@ def route_add(gateway: Any, *, dst: Any = None, oif: Optional[int] = None) -> Re
     if oif is not None:
         values[_SENTINEL_INDEX] = struct.pack("=i", oif)
     msg = _templated(("route", version, dst_len, oif is not None), build, values)
-    target = "default" if not dst_len else str(dst)
-    return Request(msg, RTM_NEWROUTE, CREATE, f"adding route {target} via {gateway}")
+    return Request(msg, RTM_NEWROUTE, CREATE, "adding route {} via {}", dst if dst_len else "default", gateway)
 
 
 def qdisc(index: int, name: str, kind: str, options: Any, *, handle: int = 0x10000, parent: int = 0xFFFFFFFF) -> Request:
@@ -498,4 +538,4 @@ def qdisc(index: int, name: str, kind: str, options: Any, *, handle: int = 0x100
     m["handle"] = handle
     m["parent"] = parent
     m["attrs"] = [("TCA_KIND", kind), ("TCA_OPTIONS", options)]
-    return Request(m, RTM_NEWQDISC, REPLACE, f"setting {kind} qdisc on {name}")
+    return Request(m, RTM_NEWQDISC, REPLACE, "setting {} qdisc on {}", kind, name)

@@ -121,8 +121,12 @@ def detach_all(atts: list, wait: float = _KERNEL_CLEANUP) -> None:
 
 
 def _host_rtnl(netns_fd: int) -> nl.Rtnl:
-    """An rtnetlink socket in the namespace a host side was made in."""
-    return nl.Rtnl(nl.socket_in_netns(netns_fd) if netns_fd >= 0 else None)
+    """An rtnetlink socket in the namespace a host side was made in (the
+    shared one when that is the calling thread's)."""
+    if netns_fd < 0:
+        return nl.Rtnl()
+    host = nl.shared()
+    return host if host.netns_fd == netns_fd else nl.Rtnl(nl.socket_in_netns(netns_fd))
 
 
 class Veth:
@@ -237,7 +241,7 @@ def create_pair(host: nl.Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Opti
         err = errors[0]
         if err is None:
             att = Attachment(host_ifname=name, ifname=ifname, host_index=index, peer_index=peer_index)
-            att.host_netns = nl.current_netns_fd()
+            att.host_netns = host.netns_fd if host.netns_fd >= 0 else nl.current_netns_fd()
             failed = next((e for e in errors[1:] if e is not None), None)
             if failed is not None:
                 _detach_quietly(att)
