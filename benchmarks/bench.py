@@ -8,7 +8,9 @@ carries from one machine to another).
 
 Plans compared for "pod with veth networking" (net+ipc+uts+pid, holder PID 1,
 veth pair, addresses, lo up, default route):
-  shell      unshare + one ip/nsenter process per step
+  shell      unshare + one ip/nsenter process per step, as most guides do it
+             (pair made on the host, one end moved into the pod and renamed)
+  shell-in-place  the same, but the peer is born in the pod (the best shell plan)
   ip-batch   unshare + `ip -batch` on each side
   pyroute2   unshare + pyroute2 IPRoute (host) and IPRoute on a thread in the pod's netns
   floor      nsbox's holder + hand-packed netlink (struct), fewest round trips
@@ -125,6 +127,27 @@ def sh(*argv):
 # ---- plans: pod with veth networking ---------------------------------------------------------
 
 def plan_shell(sub: Subnets):
+    """The recipe of most guides: make the pair on the host, move one end
+    into the pod, rename it there (a host end named eth0 would collide)."""
+    host, pod = sub.next()
+    h = UnshareHolder()
+    name = host_name()
+    peer = "nsbp" + name[4:]
+    ns = ["nsenter", "-t", str(h.pid), "-n"]
+    sh("ip", "link", "add", name, "type", "veth", "peer", "name", peer)
+    sh("ip", "link", "set", peer, "netns", str(h.pid))
+    sh("ip", "addr", "add", str(host), "dev", name)
+    sh("ip", "link", "set", name, "up")
+    sh(*ns, "ip", "link", "set", peer, "name", "eth0")
+    sh(*ns, "ip", "addr", "add", str(pod), "dev", "eth0")
+    sh(*ns, "ip", "link", "set", "eth0", "up")
+    sh(*ns, "ip", "link", "set", "lo", "up")
+    sh(*ns, "ip", "route", "add", "default", "via", str(host.ip))
+    return lambda: (h.stop(), name)
+
+
+def plan_shell_in_place(sub: Subnets):
+    """The best per-step shell plan: the peer is born in the pod."""
     host, pod = sub.next()
     h = UnshareHolder()
     name = host_name()
@@ -269,8 +292,8 @@ def plan_nsbox(sub: Subnets):
     return lambda: (p.stop(), name)
 
 
-POD_PLANS = {"shell": plan_shell, "ip-batch": plan_ip_batch, "pyroute2": plan_pyroute2,
-             "floor": plan_floor, "nsbox": plan_nsbox}
+POD_PLANS = {"shell": plan_shell, "shell-in-place": plan_shell_in_place, "ip-batch": plan_ip_batch,
+             "pyroute2": plan_pyroute2, "floor": plan_floor, "nsbox": plan_nsbox}
 
 
 # ---- measuring ----------------------------------------------------------------------------

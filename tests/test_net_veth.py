@@ -191,3 +191,17 @@ def test_a_kernel_that_does_not_answer_is_a_clear_error(monkeypatch):
         with pytest.raises(nsbox.NetworkError, match="setting up link lo: no answer") as e:
             r._recv(nl.link_set(1, "lo"))
     assert e.value.errno == errno.ETIMEDOUT
+
+
+def test_idle_ipv4_pods_send_nothing():
+    # addrgenmode none must be in place *before* a link goes up: in one
+    # request the kernel makes a link-local address anyway, and every pod
+    # then sends MLD reports to the host (~4 in the first second), where each
+    # is routed past one ff00::/8 route per pod link: O(pods) per packet.
+    import time
+
+    with nsbox.Pod(network=veth(43)) as a, nsbox.Pod(network=veth(44)) as b:
+        time.sleep(1.5)  # MLD's unsolicited report interval is 1 s
+        for pod in (a, b):
+            with open(f"/sys/class/net/{pod.host_ifname}/statistics/rx_packets") as f:
+                assert f.read() == "0\n", pod.host_ifname

@@ -420,6 +420,17 @@ def link_set(index: int, name: str, *, up: bool = True, master: Optional[int] = 
     return Request(_templated(key, build, values), RTM_NEWLINK, CHANGE, "setting up link {}", name)
 
 
+def link_up(index: int, name: str, *, no_ipv6_ll: bool = False) -> list[Request]:
+    """Requests that set a link up; ``no_ipv6_ll`` first sets addrgenmode
+    none in a request of its own: in one request the kernel brings the link
+    up *before* it applies the mode, so a link-local address is made, its
+    solicited-node group joined, and MLD reports go on being sent (to the
+    host, where each one is routed past one ff00::/8 route per pod link)."""
+    reqs = [link_set(index, name, up=False, no_ipv6_ll=True)] if no_ipv6_ll else []
+    reqs.append(link_set(index, name, up=True))
+    return reqs
+
+
 def link_del(name: str, index: int = 0) -> Request:
     """Delete a link by ``index`` when given (ifindexes are not reused), else by name."""
     m = ifinfmsg()

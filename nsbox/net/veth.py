@@ -234,7 +234,7 @@ def create_pair(host: nl.Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Opti
         index = _random_index()
         reqs = [nl.veth(name, ifname, pod_netns_fd, mtu=mtu, mac=host_mac, peer_mac=mac, master=master,
                         index=index, peer_index=peer_index),
-                nl.link_set(index, name, up=True, no_ipv6_ll=not ipv6)]
+                *nl.link_up(index, name, no_ipv6_ll=not ipv6)]
         if host_address is not None:
             reqs.append(nl.addr_add(index, name, host_address))
         errors = host.run(reqs)
@@ -270,7 +270,7 @@ def configure_pod_side(pod_netns_fd: int, ifname: str, address: Interface, *, ga
     with nl.Rtnl(nl.socket_in_netns(pod_netns_fd)) as pod:
         if not index:
             index = _index(pod, ifname)
-        reqs = [nl.link_set(index, ifname, up=True, no_ipv6_ll=address.version == 4),
+        reqs = [*nl.link_up(index, ifname, no_ipv6_ll=address.version == 4),
                 nl.addr_add(index, ifname, address)]
         if gateway is not None:
             reqs.append(nl.route_add(gateway, oif=index))
