@@ -13,6 +13,6 @@ def test_benchmarks_run_quick(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (result,) = tmp_path.glob("bench-quick-*.json")
     data = json.loads(result.read_text())
-    assert set(data["pods"]) == {"shell", "ip-batch", "pyroute2", "floor", "nsbox"}
+    assert set(data["pods"]) == {"shell", "shell-in-place", "ip-batch", "pyroute2", "floor", "nsbox"}
     assert {"unshare", "nsbox"} <= set(data["holder"])
     assert data["scale"]["pods"] == 20 and data["pss_kb"]["nsbox-init"] > 0
