@@ -255,6 +255,11 @@ F_REQ_ACK, F_CREATE_EXCL = 0x1 | 0x4, 0x400 | 0x200
 
 
 def plan_floor(sub: Subnets):
+    p, name = floor_pod(sub)
+    return lambda: (p.stop(), name)
+
+
+def floor_pod(sub: Subnets):
     global _floor_sock
     from nsbox import _syscalls
 
@@ -282,7 +287,7 @@ def plan_floor(sub: Subnets):
         rt = _RTMSG.pack(2, 0, 0, 0, 254, 3, 0, 1, 0) + _attr(5, host.ip.packed)
         _nl_run(inner, [_msg(20, F_REQ_ACK | F_CREATE_EXCL, 3, a), _msg(16, F_REQ_ACK, 4, up),
                         _msg(24, F_REQ_ACK | F_CREATE_EXCL, 5, rt)])
-    return lambda: (p.stop(), name.decode())
+    return p, name.decode()
 
 
 def plan_nsbox(sub: Subnets):
@@ -392,7 +397,11 @@ def bench_memory(count: int) -> dict:
     out["unshare+sleep"] = round(sum(tree_pss(h.pid) for h in holders) / count, 1)
     for h in holders:
         h.stop()
-    for label, argv in (("tini+sleep", ["tini", "-s", "--", "sleep", "infinity"]), ("catatonit -P", ["catatonit", "-P"])):
+    peers = [("tini+sleep", ["tini", "-s", "--", "sleep", "infinity"]), ("catatonit -P", ["catatonit", "-P"])]
+    pause = build_pause()
+    if pause:
+        peers.insert(0, ("pause (static, built here)", [pause]))
+    for label, argv in peers:
         if shutil.which(argv[0]):
             procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(count)]
             time.sleep(0.2)
@@ -400,6 +409,8 @@ def bench_memory(count: int) -> dict:
             for p in procs:
                 p.kill()
                 p.wait()
+    if pause:
+        shutil.rmtree(os.path.dirname(pause), ignore_errors=True)
     # independent of the creator's memory: a creator holding 200 MB
     ballast = bytearray(200 * 1024 * 1024)
     for i in range(0, len(ballast), 4096):
@@ -413,6 +424,17 @@ def bench_memory(count: int) -> dict:
     return out
 
 
+def build_pause() -> str:
+    """benchmarks/peers/pause.c built static, like the Kubernetes pause
+    binary; '' if there is no C compiler or no static libc."""
+    import tempfile
+
+    out = os.path.join(tempfile.mkdtemp(prefix="nsbox-bench-"), "pause")
+    cc = os.environ.get("CC", "cc")
+    r = subprocess.run([cc, "-Os", "-static", "-s", "-o", out, str(HERE / "peers" / "pause.c")], capture_output=True)
+    return out if r.returncode == 0 else ""
+
+
 def meminfo_available_kb() -> int:
     with open("/proc/meminfo") as f:
         for line in f:
@@ -421,7 +443,40 @@ def meminfo_available_kb() -> int:
     return 0
 
 
-def bench_scale(n: int, sub: Subnets) -> dict:
+def bench_scale(n: int, sub: Subnets, settle: float = 60.0) -> dict:
+    """n networked pods alive at once, made by nsbox, then by the floor plan
+    (same kernel work, hand-packed netlink): the floor shows what the kernel
+    alone costs as pods accumulate."""
+    def nsbox_pod():
+        host, pod = sub.next()
+        return nsbox.Pod(network=nsbox.Veth(address=pod, host_address=host)).start()
+
+    settle_netns_cleanup(settle)
+    out = {"nsbox": scale_run(n, nsbox_pod)}
+    settle_netns_cleanup(settle)
+    out["floor"] = scale_run(n, lambda: floor_pod(sub)[0])
+    return out
+
+
+def settle_netns_cleanup(timeout: float = 60.0) -> None:
+    """Wait while the kernel is still busy destroying namespaces of the
+    previous run (its workers compete for the CPUs): until the CPUs are idle."""
+    deadline = time.monotonic() + timeout
+
+    def busy() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v) - v[3] - v[4], sum(v)
+
+    while time.monotonic() < deadline:
+        b0, t0 = busy()
+        time.sleep(0.5)
+        b1, t1 = busy()
+        if t1 > t0 and (b1 - b0) / (t1 - t0) < 0.05:
+            return
+
+
+def scale_run(n: int, make) -> dict:
     before = links()
     mem0 = meminfo_available_kb()
     per = []
@@ -429,20 +484,14 @@ def bench_scale(n: int, sub: Subnets) -> dict:
     t0 = time.perf_counter()
     try:
         for _ in range(n):
-            host, pod = sub.next()
             t = time.perf_counter()
-            pods.append(nsbox.Pod(network=nsbox.Veth(address=pod, host_address=host)).start())
+            pods.append(make())
             per.append((time.perf_counter() - t) * 1000)
         create_s = time.perf_counter() - t0
         mem_per_pod = (mem0 - meminfo_available_kb()) / n
     finally:
         t1 = time.perf_counter()
-        stop_all = getattr(nsbox, "stop_all", None)
-        if stop_all:
-            stop_all(pods)
-        else:
-            for p in pods:
-                p.stop()
+        nsbox.stop_all(pods)
         wait_links_gone(links() - before, timeout=120)
         destroy_s = time.perf_counter() - t1
     k = max(1, min(100, n // 10))
@@ -496,7 +545,7 @@ def main() -> int:
         ("holder only: net+ipc+uts+pid (create)", "holder", lambda: bench_holder(rounds)),
         ("run `true` in a pod", "run", lambda: bench_run(rounds)),
         (f"holder memory, PSS kB per holder ({memn} alive)", "pss_kb", lambda: bench_memory(memn)),
-        (f"{scale} networked pods alive at once", "scale", lambda: bench_scale(scale, sub)),
+        (f"{scale} networked pods alive at once", "scale", lambda: bench_scale(scale, sub, 2.0 if args.quick else 60.0)),
     ]
     text = []
     for title, key, fn in sections:
