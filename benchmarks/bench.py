@@ -509,12 +509,12 @@ def machine() -> dict:
             "nsbox": nsbox.__version__}
 
 
-def table(title: str, rows: dict) -> str:
+def table(title: str, rows: dict, label: str = "plan") -> str:
     lines = [f"### {title}", ""]
     first = next(iter(rows.values()))
     if isinstance(first, dict):
         cols = list(first.keys())
-        lines.append("| plan | " + " | ".join(cols) + " |")
+        lines.append(f"| {label} | " + " | ".join(cols) + " |")
         lines.append("|---|" + "---|" * len(cols))
         for name, row in rows.items():
             lines.append(f"| {name} | " + " | ".join(str(row[c]) for c in cols) + " |")
@@ -553,6 +553,9 @@ def main() -> int:
         results[key] = fn()
         text.append(table(title, results[key]))
         print(text[-1], flush=True)
+    results["targets"] = targets(results)
+    text.insert(0, table("targets (issue #4), this run", results["targets"], "measure"))
+    print(text[0], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = args.out / f"bench-{'quick-' if args.quick else ''}{stamp}.json"
@@ -561,6 +564,38 @@ def main() -> int:
     if args.write_docs:
         write_docs(results, "\n".join(text))
     return 0
+
+
+def targets(r: dict) -> dict:
+    """Each target of issue #4 with this run's value and whether it is met."""
+    def med(section: str, plan: str) -> float:
+        return r[section][plan]["median_ms"]
+
+    rows = {}
+
+    def check(name: str, value: float, op: str, limit: float, unit: str = "x") -> None:
+        ok = value <= limit if op == "<=" else value >= limit
+        rows[name] = {"value": f"{value:.3g}{unit}", "target": f"{op} {limit:g}{unit}", "met": "yes" if ok else "NO"}
+
+    pod = med("pods", "nsbox")
+    check("veth pod / floor", pod / med("pods", "floor"), "<=", 1.1)
+    check("shell / veth pod", med("pods", "shell") / pod, ">=", 15)
+    check("ip-batch / veth pod", med("pods", "ip-batch") / pod, ">=", 3)
+    check("pyroute2 / veth pod", med("pods", "pyroute2") / pod, ">=", 3)
+    check("holder / unshare CLI", med("holder", "nsbox") / med("holder", "unshare"), "<=", 0.55)
+    run = med("run", "nsbox pod.run")
+    check("pod.run(true) / host subprocess.run", run / med("run", "host subprocess.run"), "<=", 1.2)
+    check("pod.run(true) / nsenter", run / med("run", "nsenter"), "<=", 0.4)
+    pss = r["pss_kb"]
+    if "pause (static, built here)" in pss:
+        check("holder PSS / static pause", pss["nsbox-init"] / pss["pause (static, built here)"], "<=", 1.0)
+    check("holder PSS, creator +200 MB / without", pss["nsbox-init, creator +200 MB"] / pss["nsbox-init"], "<=", 1.05)
+    scale = r["scale"]["nsbox"]
+    if scale["pods"] >= 1000:
+        check("1000 pods: create", scale["create_s"], "<=", 3.5, " s")
+        check("1000 pods: destroy", scale["destroy_s"], "<=", 1.5, " s")
+        check("1000 pods: last 100 / first 100", scale["last_over_first"], "<=", 1.3)
+    return rows
 
 
 def write_docs(results: dict, tables: str) -> None:
