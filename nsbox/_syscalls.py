@@ -228,6 +228,7 @@ class PendingSpawn:
             raise _failed(res)
         self.pid: int = res.pid
         self.pidfd: int = res.pidfd
+        self._owner = os.getpid()
 
     def finish(self) -> tuple[int, int]:
         """Wait until the child has exec'd; returns ``(pid, pidfd)`` (the
@@ -240,11 +241,11 @@ class PendingSpawn:
         return self.pid, self.pidfd
 
     def __del__(self) -> None:
-        # Never unmap memory a child may still run on: a forgotten pending
-        # spawn is finished (and, if it failed, reaped) here.
-        # Nobody owns it: it is killed and reaped.
+        # A pending spawn nobody finished: wait for its exec (its memory must
+        # outlive it), then kill and reap it: nobody owns it.  Not in a
+        # forked copy of the process, whose pidfd would name our holder.
         pending = getattr(self, "_pending", None)
-        if pending is not None and pending.status_rd >= 0:
+        if pending is not None and pending.status_rd >= 0 and self._owner == os.getpid():
             try:
                 pid, pidfd = self.finish()
             except SpawnFailed:

@@ -183,3 +183,18 @@ def test_both_fd_table_paths(monkeypatch, share):
     finally:
         for fd in (leaky, r_fd, w_fd):
             os.close(fd)
+
+
+def test_a_forgotten_pending_holder_is_killed_and_reaped():
+    # begin_holder() returns while the child may still run on our memory;
+    # dropped without finish(), it is waited for, then killed and reaped.
+    import gc
+
+    from helpers import proc_state
+    from nsbox import holder
+
+    pending = holder.begin_holder(("pid", "uts"))
+    pid = pending.pid
+    del pending
+    gc.collect()
+    assert proc_state(pid) is None
