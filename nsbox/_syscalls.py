@@ -220,15 +220,19 @@ class PendingSpawn:
     memory until then, which this object keeps alive)."""
 
     def __init__(self, r: "SpawnRequest | Prepared"):
+        # Everything __del__ needs is set before the child exists: an
+        # exception (a KeyboardInterrupt held back while signals were blocked
+        # in the call) can come right after it returns.
+        self._owner = os.getpid()
         self._prepared = r if isinstance(r, Prepared) else Prepared(r)
         self._req = self._prepared.req
         self._pending = ffi.new("struct nsbox_spawn_pending *")
+        self._pending.status_rd = -1
         res = ffi.new("struct nsbox_spawn_result *")
         if lib.nsbox_spawn_begin(self._req, res, self._pending) < 0:
             raise _failed(res)
-        self.pid: int = res.pid
-        self.pidfd: int = res.pidfd
-        self._owner = os.getpid()
+        self.pid: int = self._pending.pid
+        self.pidfd: int = self._pending.pidfd
 
     def finish(self) -> tuple[int, int]:
         """Wait until the child has exec'd; returns ``(pid, pidfd)`` (the
@@ -237,7 +241,7 @@ class PendingSpawn:
         res = ffi.new("struct nsbox_spawn_result *")
         if lib.nsbox_spawn_finish(self._pending, res) < 0:
             raise _failed(res)
-        self.pidfd = park(res.pidfd)
+        self.pid, self.pidfd = res.pid, park(res.pidfd)
         return self.pid, self.pidfd
 
     def __del__(self) -> None:

@@ -145,9 +145,9 @@ class Pod:
                 raise _start_error(f, self.kinds) from None
             # The namespaces exist from clone on: wire them while the holder
             # sets itself up and execs on the other CPU, then wait for it.
-            self._pid = pending.pid
-            self._state = "running"
             try:
+                self._pid = pending.pid
+                self._state = "running"
                 self._after_start()
             except BaseException:
                 self._finish_holder(pending)
@@ -163,6 +163,7 @@ class Pod:
             self._pid, self._pidfd = pending.finish()
         except _syscalls.SpawnFailed as f:
             self._rollback()  # the native side has reaped the holder already
+            self._pid = None  # reaped: the number may already be another process's
             raise _start_error(f, self.kinds) from None
 
     def _after_start(self) -> None:

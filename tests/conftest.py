@@ -35,7 +35,6 @@ def session_leak_check():
     # shared rtnetlink socket.  Open them before measuring.
     nsbox.holder.creator_pidfd()
     nsbox.net._netlink.shared()
-    nsbox.net._netlink.current_netns_fd()
     fds_before = _open_fds()
     links_before = host_links()
     state_before = run_state()

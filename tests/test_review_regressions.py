@@ -6,6 +6,8 @@ import textwrap
 import threading
 import time
 
+import pytest
+
 import nsbox
 from helpers import pids_in_ns, proc_state, run_python, wait_until
 
@@ -103,3 +105,88 @@ def test_pod_with_user_namespace_without_privileges():
     r = run_python(script)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "['rootless', 'deny']"
+
+
+def test_a_holder_starting_does_not_touch_the_callers_errno():
+    # The pending holder child shares the calling thread's errno (CLONE_VM, no
+    # TLS of its own) while that thread runs Python: a failed call on its
+    # success path (rt_sigaction(SIGKILL) -> EINVAL) made os.listdir() in the
+    # caller raise spuriously.
+    import ctypes
+
+    from nsbox import holder
+
+    libc = ctypes.CDLL(None)
+    libc.__errno_location.restype = ctypes.POINTER(ctypes.c_int)
+    errno_of_this_thread = libc.__errno_location()
+    changed = []
+    for _ in range(50):
+        pending = holder.begin_holder(("pid", "uts"))
+        errno_of_this_thread[0] = 0  # (after the call: cffi restores its own copy around calls)
+        time.sleep(0.005)  # the child sets itself up and execs meanwhile
+        if errno_of_this_thread[0]:
+            changed.append(errno_of_this_thread[0])
+        pid, pidfd = pending.finish()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(pidfd)
+    assert changed == []
+
+
+def test_an_exception_right_after_a_holder_is_cloned_leaks_nothing(monkeypatch):
+    # Signals are blocked inside the native call, so a KeyboardInterrupt (or
+    # any signal handler's exception) is raised just after it returns, before
+    # the Python object is complete: the holder must still be killed and
+    # reaped.  Simulated: the native call succeeds, then Python raises.
+    import gc
+
+    from helpers import children_of_self
+    from nsbox import _syscalls, holder
+
+    class LibThenInterrupt:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def nsbox_spawn_begin(self, *args):
+            assert real.nsbox_spawn_begin(*args) == 0
+            raise KeyboardInterrupt
+
+    real = _syscalls.lib
+    monkeypatch.setattr(_syscalls, "lib", LibThenInterrupt())
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(KeyboardInterrupt):
+            holder.begin_holder(("pid", "uts"))
+    gc.collect()
+    assert [p for p in children_of_self() if proc_state(p) is not None] == []
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def _fds_on(inode: int) -> list:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == f"net:[{inode}]":
+                out.append(fd)
+        except OSError:
+            pass
+    return out
+
+
+def test_pods_made_or_stopped_inside_another_pods_netns_do_not_pin_it():
+    # A shared rtnetlink socket (and its namespace fd) is kept only for the
+    # process's own namespace; one kept for a pod's would keep that pod's
+    # network namespace alive after the pod stopped.
+    a = nsbox.Pod(network=nsbox.Veth(address="10.229.1.2/24", host_address="10.229.1.1/24")).start()
+    b = nsbox.Pod(network=nsbox.Veth(address="10.229.2.2/24", host_address="10.229.2.1/24")).start()
+    inode = a.inode("net")
+    try:
+        with a.joined("net"):
+            nested = nsbox.Pod(network=nsbox.Veth(address="10.229.3.2/24", host_address="10.229.3.1/24")).start()
+            assert nested.run(["ping", "-c", "1", "-W", "2", "10.229.3.1"], capture_output=True).returncode == 0
+            b.stop()
+            nested.stop()
+    finally:
+        b.stop()
+        a.stop()
+    assert _fds_on(inode) == []

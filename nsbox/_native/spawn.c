@@ -152,6 +152,17 @@ int nsbox_socket_in_netns(int nsfd, int domain, int type, int protocol)
 
 /* ---- child side: async-signal-safe only ------------------------------- */
 
+/*
+ * errno.  The child is cloned with CLONE_VM and no TLS of its own, so its
+ * errno *is* the calling thread's.  With nsbox_spawn_begin() that thread
+ * runs (Python) while the child sets up: on its success path the child must
+ * therefore make no call that fails (a failed call writes errno, and, say,
+ * os.listdir() in the caller then sees a readdir() error that never was).
+ * On a failure path it writes errno and exits; the caller then gets that
+ * failure from nsbox_spawn_finish(), which supersedes whatever it was doing.
+ * (nsbox_spawn() itself waits for the exec: its PATH search may fail freely.)
+ */
+
 static void child_fail(int status_wr, const char *stage, int err)
 {
     struct child_error e;
@@ -379,7 +390,8 @@ static int child_main(void *arg)
      * for a program that asked to start with everything blocked (the holder:
      * a signal sent before it routes them to its signalfd stays pending). */
     for (int sig = 1; sig < _NSIG; sig++)
-        reset_signal(sig);
+        if (sig != SIGKILL && sig != SIGSTOP)  /* EINVAL: see "errno" above */
+            reset_signal(sig);
     if (!r->keep_signals_blocked) {
         sigemptyset(&empty);
         sigprocmask(SIG_SETMASK, &empty, NULL);

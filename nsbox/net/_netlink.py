@@ -90,55 +90,54 @@ def socket_in_netns(ns_fd: int) -> socket.socket:
     return _setup(socket.socket(fileno=fd))
 
 
-_shared: dict[int, "Rtnl"] = {}
+_shared: Optional["Rtnl"] = None  # the home namespace's
 _shared_lock = threading.Lock()
-_netns_fds: dict[int, int] = {}
-
-
-def current_netns_fd() -> int:
-    """An fd on the calling thread's network namespace, opened once per
-    namespace and kept: pods remember where their host side lives without
-    one fd each (every fd makes each clone() of the process a little slower)."""
-    return _netns_fd(os.stat("/proc/thread-self/ns/net").st_ino)
-
-
-def _netns_fd(ino: int) -> int:
-    with _shared_lock:
-        fd = _netns_fds.get(ino)
-        if fd is not None:
-            return fd
-    from .. import _syscalls
-
-    fd = _syscalls.park(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
-    with _shared_lock:
-        cached = _netns_fds.setdefault(os.fstat(fd).st_ino, fd)
-    if cached != fd:
-        _syscalls.close_parked(fd)
-    return cached
+# The process's own network namespace (where pods are normally made).
+_HOME_INO = os.stat("/proc/self/ns/net").st_ino
 
 
 def shared() -> "Rtnl":
-    """A long-lived socket in the calling thread's network namespace, shared
-    by all threads (requests are serialized by its lock): saves opening one
-    per pod.  Its ``netns_fd`` is :func:`current_netns_fd`'s.  Forgotten in
-    forked children."""
-    ino = os.stat("/proc/thread-self/ns/net").st_ino
+    """An rtnetlink socket in the calling thread's network namespace.
+
+    In the process's own namespace it is one long-lived socket shared by all
+    threads (requests are serialized by its lock), whose ``netns_fd`` is an
+    fd on that namespace kept open: pods remember where their host side
+    lives without one fd each.  In any other namespace (a thread inside a
+    pod making a nested pod) it is a private socket with a private
+    ``netns_fd``, both closed by ``close()``: keeping them would keep that
+    namespace alive.  Forgotten in forked children."""
+    global _shared
+    from .. import _syscalls
+
+    if os.stat("/proc/thread-self/ns/net").st_ino != _HOME_INO:
+        r = Rtnl()
+        try:
+            r.netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            r.close()
+            raise
+        r._owns_netns = True
+        return r
     with _shared_lock:
-        r = _shared.get(ino)
-    if r is None:
-        fd = _netns_fd(ino)
-        with _shared_lock:
-            r = _shared.get(ino)
-            if r is None:
-                r = _shared[ino] = Rtnl(shared=True)
-                r.netns_fd = fd
-    return r
+        if _shared is None:
+            r = Rtnl(shared=True)
+            r.netns_fd = _syscalls.park(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+            _shared = r
+        return _shared
+
+
+def shared_in(netns_fd: int) -> Optional["Rtnl"]:
+    """The shared socket if ``netns_fd`` is its namespace's fd; never makes one."""
+    r = _shared
+    return r if r is not None and r.netns_fd == netns_fd else None
 
 
 def _forget_shared() -> None:
-    for r in _shared.values():
-        r.sock.close()
-    _shared.clear()
+    global _shared
+    if _shared is not None:
+        _shared.sock.close()
+        os.close(_shared.netns_fd)
+        _shared = None
 
 
 os.register_at_fork(after_in_child=_forget_shared)
@@ -152,6 +151,7 @@ def _setup(s: socket.socket) -> socket.socket:
     try:
         s.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         s.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        s.settimeout(None)  # blocking, whatever socket.setdefaulttimeout() says: see Rtnl._recv
         s.bind((0, 0))
     except BaseException:
         s.close()
@@ -167,12 +167,20 @@ class Rtnl:
         self._seq = 0
         self._lock = threading.Lock()
         self._shared = shared
-        self.netns_fd = -1  # for a shared socket: an fd on its namespace
+        self.netns_fd = -1  # from shared(): an fd on its namespace
+        self._owns_netns = False
         self._buf = bytearray(_RECV_BUF)
+
+    @property
+    def is_shared(self) -> bool:
+        return self._shared
 
     def close(self) -> None:
         if not self._shared:
             self.sock.close()
+            if self._owns_netns and self.netns_fd >= 0:
+                os.close(self.netns_fd)
+                self.netns_fd = -1
 
     def __enter__(self) -> "Rtnl":
         return self
@@ -243,7 +251,9 @@ class Rtnl:
                 return bytes(self._buf[:n]), sender
             except BlockingIOError:
                 pass
-            if not select.select([self.sock], [], [], _TIMEOUT)[0]:
+            poller = select.poll()  # (select() fails for fds >= 1024)
+            poller.register(self.sock, select.POLLIN)
+            if not poller.poll(_TIMEOUT * 1000):
                 what = first.what if first is not None else "looking up links"
                 raise NetworkError(errno.ETIMEDOUT, f"{what}: no answer from the kernel")
 

@@ -42,7 +42,9 @@ class Attachment:
     route_ifname: str = ""  # the host interface the pod is routed through
     host_index: int = 0
     peer_index: int = 0  # the pod end's ifindex when nsbox chose it, else 0
-    host_netns: int = -1  # fd (shared, never closed) of the namespace the host side lives in
+    host_netns: int = -1  # fd of the namespace the host side lives in
+    owns_host_netns: bool = False  # else it is the shared socket's, never closed
+    detached: bool = False
     undo: list = field(default_factory=list)  # extra teardown steps, run in reverse
 
     def detach(self, wait: float = 0.0, link_gone: bool = False) -> None:
@@ -53,6 +55,8 @@ class Attachment:
         With ``wait``, first waits that long for the kernel to delete it with
         the pod's namespace (see :func:`detach_all`); ``link_gone``: known
         to be gone already."""
+        if self.detached:
+            return
         errors: list = []
         if not link_gone:
             try:
@@ -64,6 +68,10 @@ class Attachment:
             except OSError as e:
                 errors.append(e)
         self._undo(errors)
+        self.detached = True
+        if self.owns_host_netns:
+            os.close(self.host_netns)
+            self.owns_host_netns = False
         if errors:
             e = errors[0]
             raise NetworkError(getattr(e, "errno", None) or errno.EIO, f"tearing down {self.host_ifname}: {e}")
@@ -122,11 +130,12 @@ def detach_all(atts: list, wait: float = _KERNEL_CLEANUP) -> None:
 
 def _host_rtnl(netns_fd: int) -> nl.Rtnl:
     """An rtnetlink socket in the namespace a host side was made in (the
-    shared one when that is the calling thread's)."""
+    shared one of that namespace if there is one: never a new shared one,
+    which would keep a namespace alive)."""
     if netns_fd < 0:
         return nl.Rtnl()
-    host = nl.shared()
-    return host if host.netns_fd == netns_fd else nl.Rtnl(nl.socket_in_netns(netns_fd))
+    host = nl.shared_in(netns_fd)
+    return host if host is not None else nl.Rtnl(nl.socket_in_netns(netns_fd))
 
 
 class Veth:
@@ -241,7 +250,10 @@ def create_pair(host: nl.Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Opti
         err = errors[0]
         if err is None:
             att = Attachment(host_ifname=name, ifname=ifname, host_index=index, peer_index=peer_index)
-            att.host_netns = host.netns_fd if host.netns_fd >= 0 else nl.current_netns_fd()
+            if host.is_shared:
+                att.host_netns = host.netns_fd
+            else:  # a nested pod: its own fd on the namespace, closed at detach
+                att.host_netns, att.owns_host_netns = os.dup(host.netns_fd), True
             failed = next((e for e in errors[1:] if e is not None), None)
             if failed is not None:
                 _detach_quietly(att)
