@@ -90,3 +90,46 @@ def test_socket_in_a_pod_netns_without_cap_sys_admin_is_a_clean_error():
     ))
     assert r.returncode == 0, r.stderr
     assert r.stdout == "EPERM\n"
+
+
+def test_a_fork_in_another_thread_does_not_stall_spawns():
+    # A thread that fork()s (multiprocessing's fork start method does) while
+    # a spawn's status pipe is open hands the pipe's write end to a process
+    # that may never exec or exit: EOF never comes.  nsbox then notices the
+    # exec itself (the child no longer shares its memory).  Without that,
+    # this script hangs until its forked processes exit (600 s).
+    import textwrap
+
+    from helpers import run_python
+
+    r = run_python(textwrap.dedent(
+        """
+        import os, signal, threading, time, nsbox
+        forked, stop = [], threading.Event()
+        def forker():
+            while not stop.is_set():
+                pid = os.fork()
+                if pid == 0:
+                    time.sleep(600)
+                    os._exit(0)
+                forked.append(pid)
+                time.sleep(0.001)
+        t = threading.Thread(target=forker)
+        t.start()
+        try:
+            with nsbox.Pod() as pod:
+                for _ in range(40):
+                    assert pod.run(["true"]).returncode == 0
+            for _ in range(8):
+                nsbox.Pod().start().stop()
+        finally:
+            stop.set()
+            t.join()
+            for pid in forked:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        print(len(forked), "forks")
+        """
+    ), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "forks" in r.stdout

@@ -18,7 +18,9 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/close_range.h>
+#include <linux/kcmp.h>
 #include <net/if.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -693,6 +695,36 @@ out:
     return rc;
 }
 
+/*
+ * Wait until the status pipe has something to say (an error record, or EOF
+ * once the child has exec'd) and return 1 then; return 0 if instead the child
+ * no longer shares our memory although the pipe says nothing.  That happens
+ * when another thread fork()ed while the pipe's write end was open here: the
+ * forked process holds a copy of it until it execs or exits (a
+ * multiprocessing worker: forever), and EOF never comes.  So every 50 ms,
+ * ask the kernel whether the child still shares our mm (kcmp KCMP_VM): after
+ * exec it has its own, and an exec that got that far cannot fail back.
+ */
+static int child_may_use_our_memory(int status_rd, pid_t pid)
+{
+    struct pollfd pfd = {status_rd, POLLIN, 0};
+
+    for (;;) {
+        int n = poll(&pfd, 1, 50);
+
+        if (n != 0)
+            return 1;  /* readable (or a poll error: let read() tell) */
+        n = (int)syscall(SYS_kcmp, getpid(), pid, KCMP_VM, 0, 0);
+        if (n < 0 && errno != EINTR)
+            return 1;  /* no kcmp here: wait for EOF as before */
+        if (n > 0) {
+            /* A record may have raced in just before the exec: read it. */
+            pfd.revents = 0;
+            return poll(&pfd, 1, 0) > 0;
+        }
+    }
+}
+
 int nsbox_spawn_finish(struct nsbox_spawn_pending *p, struct nsbox_spawn_result *res)
 {
     char c;
@@ -705,9 +737,15 @@ int nsbox_spawn_finish(struct nsbox_spawn_pending *p, struct nsbox_spawn_result 
         return -1;
     }
     /* EOF: exec done (the pipe is close-on-exec); else an error record. */
-    do
+    for (;;) {
+        if (!child_may_use_our_memory(p->status_rd, p->pid)) {
+            n = 0;  /* exec'd, though our pipe's write end lives on elsewhere */
+            break;
+        }
         n = read(p->status_rd, &c, 1);
-    while (n < 0 && errno == EINTR);
+        if (n >= 0 || errno != EINTR)
+            break;
+    }
     if (n == 0) {
         rc = 0;
     } else if (n == 1 && c == 'E') {
