@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from . import _syscalls
 from .kinds import KINDS, flags_of
@@ -51,21 +51,13 @@ def creator_pidfd() -> int:
         return _creator[1]
 
 
-def start_holder(
-    kinds: tuple[str, ...],
-    *,
-    hostname: Optional[str] = None,
-    mount_proc: bool = False,
-    uid_map: Optional[str] = None,
-    gid_map: Optional[str] = None,
-    verbose: bool = False,
-) -> tuple[int, int]:
-    """Start nsbox-init in new ``kinds`` namespaces; returns once it runs.
+def start_holder(kinds: tuple[str, ...], **options: Any) -> tuple[int, int]:
+    """Start nsbox-init in new ``kinds`` namespaces (``options``: those of
+    :func:`begin_holder`); returns ``(pid, pidfd)`` once it runs.
 
-    Returns ``(pid, pidfd)``.  Raises :class:`nsbox._syscalls.SpawnFailed`.
+    Raises :class:`nsbox._syscalls.SpawnFailed`.
     """
-    return begin_holder(kinds, hostname=hostname, mount_proc=mount_proc, uid_map=uid_map,
-                        gid_map=gid_map, verbose=verbose).finish()
+    return begin_holder(kinds, **options).finish()
 
 
 def begin_holder(
