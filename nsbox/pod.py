@@ -180,16 +180,15 @@ class Pod:
         finally:
             if netns >= 0:
                 os.close(netns)
-        if self.networks:
-            if self.ports:
-                from .net.ipam import owner_of
-                from .net.ports import publish
+        if self.ports:  # (ports= needs a network: checked in __init__)
+            from .net.ipam import owner_of
+            from .net.ports import publish
 
-                owner = owner_of(self._pid)  # type: ignore[arg-type]
-                if owner is None:
-                    raise NotRunningError(errno.ESRCH, "the holder exited while the pod was starting")
-                published = publish(owner, self._nets[0].address, self._nets[0].route_ifname, self.ports)
-                self._nets[0].undo.append(published.remove)
+            owner = owner_of(self._pid)  # type: ignore[arg-type]
+            if owner is None:
+                raise NotRunningError(errno.ESRCH, "the holder exited while the pod was starting")
+            published = publish(owner, self._nets[0].address, self._nets[0].route_ifname, self.ports)
+            self._nets[0].undo.append(published.remove)
 
     def _rollback(self) -> None:
         """Undo a half-started pod.  The error that caused it is what the
