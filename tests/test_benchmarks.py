@@ -15,5 +15,5 @@ def test_benchmarks_run_quick(tmp_path):
     data = json.loads(result.read_text())
     assert set(data["pods"]) == {"shell", "shell-in-place", "ip-batch", "pyroute2", "floor", "nsbox"}
     assert {"unshare", "nsbox"} <= set(data["holder"])
-    assert data["scale"]["nsbox"]["pods"] == data["scale"]["floor"]["pods"] == 20
+    assert data["scale"]["nsbox"]["pods"] == data["scale"]["floor"]["pods"] == data["scale"]["nsbox bridge"]["pods"] == 20
     assert data["pss_kb"]["nsbox-init"] > 0 and "pause (static, built here)" in data["pss_kb"]

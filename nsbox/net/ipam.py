@@ -40,6 +40,15 @@ def owner_of(pid: int) -> Optional[Owner]:
     return pid, int(fields[19])
 
 
+# Leases this process wrote and still holds, by lease directory: {address: owner}.
+# Their owners are this process's running pods, so allocate() need not read
+# each of those leases and check its owner in /proc again (that made every
+# allocation O(pods on the bridge) in system calls: 13 ms per pod at 200).
+# Guarded by the state lock, like the files.
+_ours: dict[Path, dict[str, Owner]] = {}
+os.register_at_fork(after_in_child=_ours.clear)
+
+
 class Ipam:
     def __init__(self, key: str, network: Union[ipaddress.IPv4Network, ipaddress.IPv6Network], reserved: set):
         self.dir = run_dir() / "ipam" / key
@@ -68,20 +77,24 @@ class Ipam:
         """Lease ``want`` (or the lowest free address) to ``owner``.  Call
         inside :meth:`locked`."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ours = _ours.setdefault(self.dir, {})
         if want is not None:
-            if self._is_live(self._owner(self._lease_path(want))):
+            if str(want) in ours or self._is_live(self._owner(self._lease_path(want))):
                 raise NetworkError(errno.EADDRINUSE, f"address {want} is in use by another pod")
             self._write(want, owner)
+            ours[str(want)] = owner
             return want
+        leased = set(os.listdir(self.dir))
         for i, addr in enumerate(self.network.hosts()):
             if i >= _MAX_SCAN:
                 break
             if addr in self.reserved:
                 continue
-            path = self._lease_path(addr)
-            if path.exists() and self._is_live(self._owner(path)):
+            name = str(addr)
+            if name in leased and (name in ours or self._is_live(self._owner(self._lease_path(addr)))):
                 continue
             self._write(addr, owner)  # free, or reclaimed from a dead owner
+            ours[name] = owner
             return addr
         raise NetworkError(
             errno.EADDRNOTAVAIL,
@@ -100,6 +113,11 @@ class Ipam:
             path = self._lease_path(addr)
             if self._owner(path) == owner:
                 path.unlink(missing_ok=True)
+            ours = _ours.get(self.dir, {})
+            if ours.get(str(addr)) == owner:
+                del ours[str(addr)]
+            if not ours:
+                _ours.pop(self.dir, None)
             prune(self.dir)  # the last lease gone: no directory left behind
 
     def live_leases(self) -> dict[Address, Owner]:
@@ -119,4 +137,5 @@ class Ipam:
         if self.dir.exists():
             for path in self.dir.iterdir():
                 path.unlink(missing_ok=True)
+        _ours.pop(self.dir, None)
         prune(self.dir)
