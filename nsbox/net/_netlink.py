@@ -318,9 +318,15 @@ class Rtnl:
 
     def link_index(self, name: str) -> Optional[int]:
         """The ifindex of ``name`` in this socket's namespace, or None."""
-        m = ifinfmsg()
-        m["attrs"] = [("IFLA_IFNAME", name)]
-        err = self.run([Request(m, RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, "looking up {}", name)])[0]
+        encoded = name.encode()
+
+        def build() -> Any:
+            m = ifinfmsg()
+            m["attrs"] = [("IFLA_IFNAME", "Q" * len(encoded))]
+            return m
+
+        msg = _templated(("getlink", len(encoded)), build, {b"Q" * len(encoded): encoded})
+        err = self.run([Request(msg, RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, "looking up {}", name)])[0]
         if err is not None:
             if err.errno == errno.ENODEV:
                 return None
