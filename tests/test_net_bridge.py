@@ -243,3 +243,30 @@ def test_stop_all_tears_everything_down(bridge):
     r = subprocess.run(["nft", "list", "table", "ip", "nsbox"], capture_output=True, text=True)
     assert "nsbox:" not in r.stdout
     assert nsbox.stop_all(pods) == codes  # idempotent
+
+
+def test_ipam_hands_out_the_lowest_free_address(tmp_path, monkeypatch):
+    # Allocation skips this process's own leases without reading them (and
+    # starts its scan past the ones it knows are taken), but the lowest free
+    # address is still the one handed out, holes first.
+    from nsbox.net.ipam import Ipam, owner_of
+
+    monkeypatch.setenv("NSBOX_RUN_DIR", str(tmp_path / "run"))
+    net = ipaddress.ip_network("10.228.0.0/29")  # hosts .1-.6; .1 reserved (gateway)
+    ipam = Ipam("unit", net, {net.network_address + 1})
+    me = owner_of(os.getpid())
+    with ipam.locked():
+        got = [str(ipam.allocate(me)) for _ in range(4)]
+    assert got == ["10.228.0.2", "10.228.0.3", "10.228.0.4", "10.228.0.5"]
+    ipam.release(ipaddress.ip_address("10.228.0.3"), me)
+    with ipam.locked():
+        assert str(ipam.allocate(me)) == "10.228.0.3"
+    for last in ("10.228.0.2", "10.228.0.4"):
+        ipam.release(ipaddress.ip_address(last), me)
+    with ipam.locked():
+        assert [str(ipam.allocate(me)) for _ in range(3)] == ["10.228.0.2", "10.228.0.4", "10.228.0.6"]
+        with pytest.raises(nsbox.NetworkError, match="no free address"):
+            ipam.allocate(me)
+    for a in ("10.228.0.2", "10.228.0.3", "10.228.0.4", "10.228.0.5", "10.228.0.6"):
+        ipam.release(ipaddress.ip_address(a), me)
+    assert not (tmp_path / "run" / "ipam").exists()
