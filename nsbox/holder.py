@@ -115,6 +115,7 @@ def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, 
             uid_map=uid_map.encode() if uid_map is not None else None,
             gid_map=gid_map.encode() if gid_map is not None else None,
             cwd=b"/",
+            setsid=True,  # its own session from exec on (init's own setsid() then gets EPERM)
             null_stdio=0b011,  # stdin, stdout: /dev/null; stderr: the creator's (for -w)
             extra_fd_src=creator,
             extra_fd_dst=_CREATOR_FD,
