@@ -13,7 +13,7 @@ PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 # procps/iproute2/util-linux/iputils-ping: tools the tests and the demo call;
 # nftables: nft, for port publishing.
 APT_PACKAGES := gcc libc6-dev python3-dev libcap-dev procps iproute2 util-linux iputils-ping nftables
-SOURCES := $(shell find nsbox -name '*.py' -o -name '*.c' -o -name '*.h') setup.py pyproject.toml
+SOURCES := $(shell find nsbox -name '*.py' -o -name '*.c' -o -name '*.h' -o -name '*.cdef') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
 .PHONY: all test demo bench sysdeps install clean

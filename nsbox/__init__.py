@@ -23,11 +23,13 @@ from .namespaces import Namespace, join, joined
 from .net import Bridge, Veth
 from .pod import Pod, stop_all
 from .spawn import PodProcess
+from .spec import PodSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Pod",
+    "PodSpec",
     "stop_all",
     "PodProcess",
     "Veth",

@@ -1,26 +1,74 @@
-"""Thin wrappers around the cffi module: validate, call, turn errno into OSError.
+"""Thin wrappers around the cffi module: validate, call, turn errno into
+OSError; and the constants of the native contract, read from ``lib``.
 
-Nothing else in nsbox touches ``nsbox._native._nsbox`` directly.
+Only this module and :mod:`nsbox._clone` touch ``nsbox._native._nsbox``.
 """
 from __future__ import annotations
 
+import enum
 import fcntl
 import os
+import re
 import resource
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import select
 from typing import Optional
 
 from ._native._nsbox import ffi, lib
+from .errors import UnsupportedError
 
-__all__ = ["pidfd_open", "pidfd_send_signal", "setns", "unshare", "socket_in_netns", "SpawnRequest", "SpawnFailed", "spawn", "PendingSpawn"]
+__all__ = [
+    "KERNEL_FLOOR", "require_kernel",
+    "CLONE_NEW", "CLONE_FS", "Stage",
+    "pidfd_open", "pidfd_send_signal", "setns", "unshare", "socket_in_netns", "park", "close_parked",
+    "signal_quietly", "pid_is_alive", "wait_any",
+]
+
+# Namespace kind -> its CLONE_NEW* flag, from the kernel headers nsbox was built against.
+CLONE_NEW: dict[str, int] = {
+    "user": lib.CLONE_NEWUSER,
+    "mnt": lib.CLONE_NEWNS,
+    "pid": lib.CLONE_NEWPID,
+    "net": lib.CLONE_NEWNET,
+    "ipc": lib.CLONE_NEWIPC,
+    "uts": lib.CLONE_NEWUTS,
+    "cgroup": lib.CLONE_NEWCGROUP,
+    "time": lib.CLONE_NEWTIME,
+}
+CLONE_FS: int = lib.CLONE_FS
+
+# The steps of a native spawn (enum nsbox_stage in nsbox.h), by name.
+Stage = enum.IntEnum(  # type: ignore[misc]
+    "Stage",
+    sorted(((name[len("NSBOX_STAGE_"):], getattr(lib, name)) for name in dir(lib) if name.startswith("NSBOX_STAGE_")),
+           key=lambda item: item[1]),
+)
+
+# setns(2) on a pidfd (one call joins several namespaces of a process, and
+# a pidfd cannot name a reused PID) came in Linux 5.8; pidfd_open in 5.3,
+# CLONE_PIDFD in 5.2.  (close_range, 5.9, has a fallback: see fds.h.)
+KERNEL_FLOOR = (5, 8)
+_kernel_ok = False
 
 
-# Children are cloned sharing the fd table (CLONE_FILES) and first take a
-# private copy of only the fds below the highest one they need
-# (close_range(CLOSE_RANGE_UNSHARE)).  Copying the whole table at clone
-# instead costs +130 us per spawn as soon as one fd is parked high (measured).
-SHARE_FDS = True
+def require_kernel(release: Optional[str] = None) -> None:
+    """Raise :class:`~nsbox.UnsupportedError` on a kernel older than
+    :data:`KERNEL_FLOOR` (``release``: as ``uname -r`` prints it; default:
+    this machine's, checked once)."""
+    global _kernel_ok
+    if release is None:
+        if _kernel_ok:
+            return
+        release = os.uname().release
+    m = re.match(r"(\d+)\.(\d+)", release)
+    if m and (int(m.group(1)), int(m.group(2))) < KERNEL_FLOOR:
+        raise UnsupportedError(
+            f"nsbox needs Linux {KERNEL_FLOOR[0]}.{KERNEL_FLOOR[1]} or newer (setns on a pidfd); "
+            f"this kernel is {release}"
+        )
+    if release == os.uname().release:
+        _kernel_ok = True
+
+
 _park_base = 0
 
 
@@ -88,175 +136,30 @@ def socket_in_netns(nsfd: int, domain: int, type: int, protocol: int) -> int:
     return fd
 
 
-@dataclass
-class SpawnRequest:
-    """Everything the native child needs; see nsbox/_native/nsbox.h."""
-
-    exec_paths: Sequence[bytes]
-    argv: Sequence[bytes]
-    envp: Optional[Sequence[bytes]] = None
-    new_flags: int = 0
-    join_pidfd: int = -1
-    join_flags: int = 0
-    hostname: Optional[bytes] = None
-    loopback_up: bool = False
-    mount_proc: bool = False
-    uid_map: Optional[bytes] = None
-    gid_map: Optional[bytes] = None
-    cwd: Optional[bytes] = None
-    stdio: tuple[int, int, int] = (-1, -1, -1)
-    null_stdio: int = 0  # bit i: fd i is /dev/null (opened by the child)
-    extra_fd_src: int = -1
-    extra_fd_dst: int = -1
-    keep_fds: Sequence[int] = field(default_factory=tuple)
-    keep_signals_blocked: bool = False
-    share_fds: Optional[bool] = None  # None: SHARE_FDS
-    setsid: bool = False
-    pgid: int = -1
-    umask: int = -1
-    uid: int = -1
-    gid: int = -1
-    groups: Optional[Sequence[int]] = None
 
 
-class SpawnFailed(Exception):
-    """Raised by :func:`spawn`: ``stage`` is the step that failed, ``errno`` its errno."""
-
-    def __init__(self, stage: str, err: int):
-        super().__init__(stage, err)
-        self.stage = stage
-        self.errno = err
+# ---- pidfds --------------------------------------------------------------------
 
 
-def _strings(items: Sequence[bytes], keep: list) -> object:
-    cells = [ffi.new("char[]", bytes(s)) for s in items]
-    array = ffi.new("char *[]", cells + [ffi.NULL])
-    keep.extend(cells)
-    keep.append(array)  # a struct field does not keep its cdata alive
-    return array
+def signal_quietly(pidfd: int, sig: int) -> None:
+    """Send ``sig`` through ``pidfd``; a process that has exited is fine."""
+    try:
+        pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        pass
 
 
-def _opt(value: Optional[bytes], keep: list) -> object:
-    if value is None:
-        return ffi.NULL
-    cell = ffi.new("char[]", value)
-    keep.append(cell)
-    return cell
+def pid_is_alive(pidfd: int) -> bool:
+    """True while the process behind ``pidfd`` has not exited."""
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    return not p.poll(0)
 
 
-def _request(r: SpawnRequest, keep: list) -> object:
-    req = ffi.new("struct nsbox_spawn_req *")
-    req.exec_paths = _strings(r.exec_paths, keep)
-    req.argv = _strings(r.argv, keep)
-    req.envp = _strings(r.envp, keep) if r.envp is not None else ffi.NULL
-    req.new_flags = r.new_flags
-    req.join_pidfd = r.join_pidfd
-    req.join_flags = r.join_flags
-    req.hostname = _opt(r.hostname, keep)
-    req.loopback_up = int(r.loopback_up)
-    req.mount_proc = int(r.mount_proc)
-    req.uid_map = _opt(r.uid_map, keep)
-    req.gid_map = _opt(r.gid_map, keep)
-    req.cwd = _opt(r.cwd, keep)
-    req.stdio = list(r.stdio)
-    req.null_stdio = r.null_stdio
-    req.extra_fd_src = r.extra_fd_src
-    req.extra_fd_dst = r.extra_fd_dst
-    keep_fds = sorted(set(int(fd) for fd in r.keep_fds))
-    kf = ffi.new("int[]", keep_fds or [0])
-    keep.append(kf)
-    req.keep_fds = kf
-    req.n_keep = len(keep_fds)
-    req.keep_signals_blocked = int(r.keep_signals_blocked)
-    req.share_fds = int(SHARE_FDS if r.share_fds is None else r.share_fds)
-    req.setsid = int(r.setsid)
-    req.pgid = r.pgid
-    req.umask = r.umask
-    req.uid = r.uid
-    req.gid = r.gid
-    if r.groups is None:
-        req.n_groups = -1
-    else:
-        groups = ffi.new("unsigned int[]", list(r.groups) or [0])
-        keep.append(groups)
-        req.groups = groups
-        req.n_groups = len(r.groups)
-    return req
-
-
-def _failed(res: object) -> SpawnFailed:
-    return SpawnFailed(ffi.string(res.stage).decode(), res.err)  # type: ignore[attr-defined]
-
-
-def spawn(r: SpawnRequest) -> tuple[int, int]:
-    """Clone and exec as described by ``r``; returns ``(pid, pidfd)``.
-
-    Raises :class:`SpawnFailed` when a step fails; the child is then already
-    reaped and nothing is left open.
-    """
-    keep: list = []
-    req = _request(r, keep)
-    res = ffi.new("struct nsbox_spawn_result *")
-    if lib.nsbox_spawn(req, res) < 0:
-        raise _failed(res)
-    return res.pid, park(res.pidfd)
-
-
-class Prepared:
-    """A :class:`SpawnRequest` in native form, reusable for many spawns
-    (the native side only reads it) as long as the fds it names stay open."""
-
-    __slots__ = ("req", "_keep")
-
-    def __init__(self, r: SpawnRequest):
-        self._keep: list = []
-        self.req = _request(r, self._keep)
-
-
-class PendingSpawn:
-    """A child that is cloned (its namespaces exist: ``pid``, ``pidfd``) but
-    may not have exec'd yet: the caller can work on its namespaces meanwhile,
-    then must call :meth:`finish` exactly once (it runs on the caller's
-    memory until then, which this object keeps alive)."""
-
-    def __init__(self, r: "SpawnRequest | Prepared"):
-        # Everything __del__ needs is set before the child exists: an
-        # exception (a KeyboardInterrupt held back while signals were blocked
-        # in the call) can come right after it returns.
-        self._owner = os.getpid()
-        self._prepared = r if isinstance(r, Prepared) else Prepared(r)
-        self._req = self._prepared.req
-        self._pending = ffi.new("struct nsbox_spawn_pending *")
-        self._pending.status_rd = -1
-        res = ffi.new("struct nsbox_spawn_result *")
-        if lib.nsbox_spawn_begin(self._req, res, self._pending) < 0:
-            raise _failed(res)
-        self.pid: int = self._pending.pid
-        self.pidfd: int = self._pending.pidfd
-
-    def finish(self) -> tuple[int, int]:
-        """Wait until the child has exec'd; returns ``(pid, pidfd)`` (the
-        pidfd parked).  Raises :class:`SpawnFailed` if a step before exec
-        failed; the child is then reaped and its pidfd closed."""
-        res = ffi.new("struct nsbox_spawn_result *")
-        if lib.nsbox_spawn_finish(self._pending, res) < 0:
-            raise _failed(res)
-        self.pid, self.pidfd = res.pid, park(res.pidfd)
-        return self.pid, self.pidfd
-
-    def __del__(self) -> None:
-        # A pending spawn nobody finished: wait for its exec (its memory must
-        # outlive it), then kill and reap it: nobody owns it.  Not in a
-        # forked copy of the process, whose pidfd would name our holder.
-        pending = getattr(self, "_pending", None)
-        if pending is not None and pending.status_rd >= 0 and self._owner == os.getpid():
-            try:
-                pid, pidfd = self.finish()
-            except SpawnFailed:
-                return
-            try:
-                pidfd_send_signal(pidfd, 9)
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
-            close_parked(pidfd)
+def wait_any(pidfds: list[int], timeout: Optional[float]) -> list[int]:
+    """Wait until one of ``pidfds`` exits (or ``timeout``); return the exited ones."""
+    p = select.poll()
+    for fd in pidfds:
+        p.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000))
+    return [fd for fd, _ in p.poll(ms)]

@@ -1,4 +1,4 @@
-"""Starting the holder: the native init that is PID 1 of a pod.
+"""The holder: the native init that is PID 1 of a pod.
 
 The holder is exec'd (never a forked Python interpreter), created by one
 clone() with all the pod's new namespaces, and configured before exec by the
@@ -6,18 +6,25 @@ native child (hostname, ``lo`` up, private mounts and /proc).  It is tied to
 the lifetime of the creating *process* through a pidfd it polls: when the
 creator exits for any reason, even SIGKILL, the holder exits and the kernel
 kills everything left in the pod's PID namespace.
+
+:class:`Holder` is one running holder: its PID, a pidfd on it, and its exit
+status once reaped.
 """
 from __future__ import annotations
 
 import os
+import signal
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-from . import _syscalls
+from . import _clone, _proc, _syscalls
+from .errors import Failure, failure_error
 from .kinds import KINDS, flags_of
 
-__all__ = ["INIT_PATH", "start_holder", "begin_holder", "creator_pidfd"]
+__all__ = ["INIT_PATH", "Holder", "start_holder", "begin_holder", "creator_pidfd"]
 
 INIT_PATH = Path(__file__).resolve().parent / "_native" / "nsbox-init"
 
@@ -51,11 +58,108 @@ def creator_pidfd() -> int:
         return _creator[1]
 
 
+class Holder:
+    """One holder, from clone until it is reaped.
+
+    :meth:`begin` returns as soon as the holder is cloned: its namespaces
+    exist (a netns can be wired) while it sets itself up and execs;
+    :meth:`finish` then waits for that.  Failures raise nsbox exceptions
+    (:func:`nsbox.errors.failure_error`), with nothing left behind.
+    """
+
+    def __init__(self, pending: _clone.PendingSpawn, kinds: tuple[str, ...]):
+        self._pending: Optional[_clone.PendingSpawn] = pending
+        self.kinds = kinds
+        self.pid: int = pending.pid
+        self.pidfd = -1  # parked, once exec'd
+        self.returncode: Optional[int] = None
+
+    @classmethod
+    def begin(cls, kinds: tuple[str, ...], **options: Any) -> "Holder":
+        """Clone the holder in new ``kinds`` namespaces (``options``: those of
+        :func:`begin_holder`) and return at once."""
+        try:
+            return cls(begin_holder(kinds, **options), kinds)
+        except _clone.SpawnFailed as f:
+            raise failure_error(Failure("start", f.stage.name, f.errno, kinds=kinds)) from None
+
+    def finish(self) -> None:
+        """Wait until the holder has exec'd.  If a step before its exec
+        failed, the native side has reaped it: raise that step's error."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            self.pid, self.pidfd = pending.finish()
+        except _clone.SpawnFailed as f:
+            self.returncode = -1
+            raise failure_error(Failure("start", f.stage.name, f.errno, kinds=self.kinds)) from None
+
+    @property
+    def alive(self) -> bool:
+        return self.pidfd >= 0 and self.returncode is None and _syscalls.pid_is_alive(self.pidfd)
+
+    def signal(self, sig: int) -> None:
+        if self.pidfd >= 0 and self.returncode is None:
+            _syscalls.signal_quietly(self.pidfd, sig)
+
+    def dup_pidfd(self) -> int:
+        """A private duplicate of the pidfd: it names the holder even after
+        :meth:`close`, and the number cannot be reused meanwhile."""
+        return os.dup(self.pidfd)
+
+    def reap(self, deadline: Optional[float], members_pidfds: Callable[[], list[int]],
+             on_exiting: Callable[[], None]) -> bool:
+        """Wait for the holder to exit and reap it; False if ``deadline``
+        passed first.  Meanwhile ``members_pidfds()`` reaps the members that
+        are our children and says which to wait on too (a PID namespace's
+        init cannot finish exiting while members that are our children are
+        unreaped zombies), and ``on_exiting()`` runs once the holder is
+        inside exit() (to reap other zombies that would block it)."""
+        if self.returncode is not None or self.pidfd < 0:
+            return True
+        while True:
+            fds = [self.pidfd, *members_pidfds()]
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            _syscalls.wait_any(fds, 0.05 if left is None else min(left, 0.05))
+            if not _syscalls.pid_is_alive(self.pidfd):
+                break
+            st = _proc.stat(self.pid)  # our unreaped child: the PID is still the holder's
+            if st is not None and st.flags & _proc.PF_EXITING:
+                on_exiting()
+        try:
+            info = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED)
+        except ChildProcessError:
+            self.returncode = -1  # reaped by someone else (waitpid(-1) elsewhere)
+            return True
+        assert info is not None
+        self.returncode = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        return True
+
+    def kill_and_reap(self) -> None:
+        """For a failed start: SIGKILL, wait, reap (also if never exec'd)."""
+        if self._pending is not None:
+            try:
+                self.finish()
+            except Exception:
+                return  # reaped by the native side
+        self.signal(signal.SIGKILL)
+        self.reap(None, list, lambda: None)
+
+    def close(self) -> None:
+        """Close the pidfd (once reaped: the PID may then name another process)."""
+        if self.pidfd >= 0:
+            fd, self.pidfd = self.pidfd, -1
+            _syscalls.close_parked(fd)
+
+
 def start_holder(kinds: tuple[str, ...], **options: Any) -> tuple[int, int]:
     """Start nsbox-init in new ``kinds`` namespaces (``options``: those of
     :func:`begin_holder`); returns ``(pid, pidfd)`` once it runs.
 
-    Raises :class:`nsbox._syscalls.SpawnFailed`.
+    Raises :class:`nsbox._clone.SpawnFailed`.
     """
     return begin_holder(kinds, **options).finish()
 
@@ -68,13 +172,14 @@ def begin_holder(
     uid_map: Optional[str] = None,
     gid_map: Optional[str] = None,
     verbose: bool = False,
-) -> _syscalls.PendingSpawn:
+) -> _clone.PendingSpawn:
     """Clone the holder in new ``kinds`` namespaces and return at once: its
     namespaces exist (a netns can be wired) while it sets itself up and
     execs; ``finish()`` the result to wait for that.
 
-    Raises :class:`nsbox._syscalls.SpawnFailed`.
+    Raises :class:`nsbox._clone.SpawnFailed`.
     """
+    _syscalls.require_kernel()
     creator = creator_pidfd()
     key = (INIT_PATH, kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator)
     prepared = _prepared.get(key)
@@ -83,7 +188,7 @@ def begin_holder(
         if len(_prepared) >= 64:
             _prepared.clear()
         _prepared[key] = prepared
-    return _syscalls.PendingSpawn(prepared)
+    return _clone.PendingSpawn(prepared)
 
 
 # Holder requests in native form, by shape: pods of one shape reuse one.
@@ -92,7 +197,7 @@ os.register_at_fork(after_in_child=_prepared.clear)
 
 
 def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, uid_map: Optional[str],
-             gid_map: Optional[str], verbose: bool, creator: int) -> _syscalls.Prepared:
+             gid_map: Optional[str], verbose: bool, creator: int) -> _clone.Prepared:
     init = os.fsencode(INIT_PATH)
     # No readiness handshake (init's -r): the holder runs from exec on with
     # every signal blocked, so a signal sent before its signalfd exists stays
@@ -103,8 +208,8 @@ def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, 
         argv.append(b"-s")  # not PID 1: a quiet child subreaper
     if verbose:
         argv.append(b"-w")
-    return _syscalls.Prepared(
-        _syscalls.SpawnRequest(
+    return _clone.Prepared(
+        _clone.SpawnRequest(
             exec_paths=[init],
             argv=argv,
             envp=[],

@@ -4,22 +4,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Union
 
+from ._syscalls import CLONE_NEW
 from .errors import KindError
 
 __all__ = ["KINDS", "DEFAULT_KINDS", "KindsArg", "parse_kinds", "flags_of"]
 
-# name -> CLONE_NEW* flag (linux/sched.h).  Order is the canonical order.
-KINDS: dict[str, int] = {
-    "user": 0x10000000,
-    "mnt": 0x00020000,
-    "pid": 0x20000000,
-    "net": 0x40000000,
-    "ipc": 0x08000000,
-    "uts": 0x04000000,
-    "cgroup": 0x02000000,
-    "time": 0x00000080,
-}
-CLONE_FS = 0x00000200
+# name -> CLONE_NEW* flag (from the kernel headers).  Order is the canonical order.
+KINDS: dict[str, int] = {name: CLONE_NEW[name] for name in ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup", "time")}
 
 DEFAULT_KINDS: tuple[str, ...] = ("net", "ipc", "uts", "pid")
 

@@ -15,7 +15,8 @@ from typing import Any, Optional, Union
 
 from . import _syscalls
 from .errors import ConfigError, NamespaceError, NotRunningError, ThreadingError, namespace_error
-from .kinds import CLONE_FS, KINDS, KindsArg, flags_of, parse_kinds
+from ._syscalls import CLONE_FS
+from .kinds import KINDS, KindsArg, flags_of, parse_kinds
 
 __all__ = ["Namespace", "join", "joined", "Target"]
 
@@ -193,6 +194,7 @@ def join(target: Target, kinds: KindsArg) -> None:
     """
     kinds = parse_kinds(kinds)
     _check_join(kinds)
+    _syscalls.require_kernel()
     with _target_pidfd(target) as (pidfd, desc):
         if "mnt" in kinds:
             _unshare_fs()

@@ -8,18 +8,17 @@ runs in the child and threaded callers are safe.  Pipes, ``communicate``,
 """
 from __future__ import annotations
 
-import errno
 import os
-import select
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, Optional
 
-from . import _syscalls
-from .errors import ConfigError, NotRunningError, PrivilegeError, namespace_error, os_error
+from . import _clone, _syscalls
+from .errors import ConfigError, Failure, failure_error
 
-__all__ = ["PodProcess"]
+__all__ = ["PodProcess", "run_process"]
 
 _UNSUPPORTED = {
     "preexec_fn": "it would run Python code between fork and exec, which is unsafe in a "
@@ -56,13 +55,15 @@ class PodProcess(subprocess.Popen):
 
     pidfd: int
 
-    def __init__(self, args: Any, *, _join_pidfd: int, _join_flags: int, _desc: str, **kwargs: Any):
+    def __init__(self, args: Any, *, _join_pidfd: int, _join_flags: int, _desc: str, _joins_user: bool = False,
+                 **kwargs: Any):
         check_popen_kwargs(kwargs)
         self.pidfd = -1
         self._pidfd_lock = threading.Lock()
         self._join_pidfd = _join_pidfd
         self._join_flags = _join_flags
         self._desc = _desc
+        self._joins_user = _joins_user
         super().__init__(args, **kwargs)
 
     # Signature of CPython 3.11+'s POSIX _execute_child; 3.10 has no process_group.
@@ -106,7 +107,7 @@ class PodProcess(subprocess.Popen):
             exec_paths = [os.path.join(os.fsencode(d), executable) for d in os.get_exec_path(env)]
         argv = [os.fsencode(a) for a in args]
         cwd_b = os.fsencode(cwd) if cwd is not None else None
-        req = _syscalls.SpawnRequest(
+        req = _clone.SpawnRequest(
             exec_paths=exec_paths,
             argv=argv,
             envp=env_list,
@@ -123,33 +124,15 @@ class PodProcess(subprocess.Popen):
             groups=gids,
         )
         try:
-            self.pid, self.pidfd = _syscalls.spawn(req)
+            self.pid, self.pidfd = _clone.spawn(req)
             self._child_created = True
-        except _syscalls.SpawnFailed as f:
-            raise self._spawn_error(f, orig_executable, cwd) from None
+        except _clone.SpawnFailed as f:
+            raise failure_error(Failure(
+                "spawn", f.stage.name, f.errno, target=self._desc, joins_user=self._joins_user,
+                executable=orig_executable, cwd=cwd,
+            )) from None
         finally:
-            self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
-
-    def _spawn_error(self, f: _syscalls.SpawnFailed, executable: Any, cwd: Any) -> BaseException:
-        if f.stage == "exec":
-            # Exactly what subprocess raises: FileNotFoundError & co.
-            return OSError(f.errno, os.strerror(f.errno), executable)
-        if f.stage == "chdir":
-            return OSError(f.errno, os.strerror(f.errno), cwd)
-        if f.stage == "setns pid" and f.errno == errno.EPERM and self._join_flags & 0x10000000:
-            return os_error(
-                PrivilegeError, f.errno,
-                f"joining the PID namespace of {self._desc} needs CAP_SYS_ADMIN in this process "
-                "(the pod's user namespace is entered after it, by the child); run as root, or "
-                "spawn with kinds= leaving out 'pid' (nsbox does not yet do this rootless)",
-            )
-        if f.stage in ("setns", "setns pid"):
-            if f.errno == errno.ESRCH:
-                return NotRunningError(errno.ESRCH, f"cannot spawn into {self._desc}: its holder has exited")
-            return namespace_error(f.errno, f"joining the namespaces of {self._desc}")
-        if f.stage == "clone" and f.errno == errno.ENOMEM:
-            return NotRunningError(errno.ESRCH, f"cannot spawn into {self._desc}: its PID namespace is dying")
-        return OSError(f.errno, f"starting a process in {self._desc} failed at '{f.stage}': {os.strerror(f.errno)}")
+            self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)  # type: ignore[attr-defined]
 
     def send_signal(self, sig: int) -> None:
         """Send ``sig`` through the pidfd: a no-op once the child is reaped."""
@@ -162,8 +145,18 @@ class PodProcess(subprocess.Popen):
             except ProcessLookupError:
                 pass
 
+    def dup_pidfd(self) -> int:
+        """A private duplicate of :attr:`pidfd` (close it), or -1 once the
+        child is reaped.  Taken under the lock that closes the pidfd: a
+        concurrent ``wait()`` cannot close it, and its number be reused by
+        another process's pidfd, between the check and the copy."""
+        with self._pidfd_lock:
+            if self.pidfd < 0:
+                return -1
+            return os.dup(self.pidfd)
+
     def _handle_exitstatus(self, *args: Any, **kwargs: Any) -> None:
-        super()._handle_exitstatus(*args, **kwargs)
+        super()._handle_exitstatus(*args, **kwargs)  # type: ignore[misc]
         self._close_pidfd()
 
     def _close_pidfd(self) -> None:
@@ -182,17 +175,40 @@ class PodProcess(subprocess.Popen):
             self._close_pidfd()
 
 
-def pid_is_alive(pidfd: int) -> bool:
-    """True while the process behind ``pidfd`` has not exited."""
-    p = select.poll()
-    p.register(pidfd, select.POLLIN)
-    return not p.poll(0)
-
-
-def wait_any(pidfds: list[int], timeout: Optional[float]) -> list[int]:
-    """Wait until one of ``pidfds`` exits (or ``timeout``); return the exited ones."""
-    p = select.poll()
-    for fd in pidfds:
-        p.register(fd, select.POLLIN)
-    ms = None if timeout is None else max(0, int(timeout * 1000))
-    return [fd for fd, _ in p.poll(ms)]
+def run_process(
+    spawn: Callable[..., subprocess.Popen],
+    *,
+    input: Any = None,
+    capture_output: bool = False,
+    timeout: Optional[float] = None,
+    check: bool = False,
+    **popen_kwargs: Any,
+) -> subprocess.CompletedProcess:
+    """:func:`subprocess.run` over ``spawn(**popen_kwargs)`` (a Popen maker)."""
+    if input is not None:
+        if popen_kwargs.get("stdin") is not None:
+            raise ValueError("stdin and input arguments may not both be used.")
+        popen_kwargs["stdin"] = subprocess.PIPE
+    if capture_output:
+        if popen_kwargs.get("stdout") is not None or popen_kwargs.get("stderr") is not None:
+            raise ValueError("stdout and stderr arguments may not be used with capture_output.")
+        popen_kwargs["stdout"] = subprocess.PIPE
+        popen_kwargs["stderr"] = subprocess.PIPE
+    with spawn(**popen_kwargs) as process:
+        try:
+            stdout, stderr = process.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            # As subprocess.run: the output read so far is already on the
+            # exception; wait for the process only (reading on would also wait
+            # for whatever else holds the pipes, e.g. a background child).
+            process.wait()
+            raise
+        except BaseException:
+            process.kill()
+            raise
+        retcode = process.poll()
+        assert retcode is not None
+        if check and retcode:
+            raise subprocess.CalledProcessError(retcode, process.args, output=stdout, stderr=stderr)
+    return subprocess.CompletedProcess(process.args, retcode, stdout, stderr)

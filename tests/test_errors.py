@@ -66,10 +66,10 @@ def test_failure_inside_the_new_namespaces_rolls_back():
 
 
 def test_failure_after_the_holder_started_rolls_back(monkeypatch):
-    def boom(self):
+    def boom(self, pid):
         raise RuntimeError("injected failure after start")
 
-    monkeypatch.setattr(nsbox.Pod, "_after_start", boom)
+    monkeypatch.setattr(nsbox.Pod, "_wire", boom)
     pod = nsbox.Pod()
     before = holder_pids()
     with pytest.raises(RuntimeError, match="injected"):

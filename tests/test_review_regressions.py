@@ -141,7 +141,7 @@ def test_an_exception_right_after_a_holder_is_cloned_leaks_nothing(monkeypatch):
     import gc
 
     from helpers import children_of_self
-    from nsbox import _syscalls, holder
+    from nsbox import _clone, holder
 
     class LibThenInterrupt:
         def __getattr__(self, name):
@@ -151,8 +151,8 @@ def test_an_exception_right_after_a_holder_is_cloned_leaks_nothing(monkeypatch):
             assert real.nsbox_spawn_begin(*args) == 0
             raise KeyboardInterrupt
 
-    real = _syscalls.lib
-    monkeypatch.setattr(_syscalls, "lib", LibThenInterrupt())
+    real = _clone.lib
+    monkeypatch.setattr(_clone, "lib", LibThenInterrupt())
     fds_before = len(os.listdir("/proc/self/fd"))
     for _ in range(3):
         with pytest.raises(KeyboardInterrupt):
@@ -190,3 +190,173 @@ def test_pods_made_or_stopped_inside_another_pods_netns_do_not_pin_it():
         b.stop()
         a.stop()
     assert _fds_on(inode) == []
+
+
+# ---- issue 8: defects found by a careful read, each failed before its fix ----
+
+
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [
+        (["echo", "a\0b"], {}),
+        (["echo"], {"env": {"A": "x\0y"}}),
+        (["echo"], {"env": {"A\0B": "x"}}),
+        (["echo"], {"cwd": "/tmp\0x"}),
+        (["echo"], {"executable": "/bin/echo\0x"}),
+    ],
+)
+def test_embedded_nul_is_refused_like_subprocess(pod, args, kwargs):
+    # C strings end at the first NUL: "a\0b" used to run as "a".
+    with pytest.raises(ValueError, match="embedded null byte"):
+        subprocess.run(args, **kwargs)
+    with pytest.raises(ValueError, match="embedded null byte"):
+        pod.run(args, capture_output=True, **kwargs)
+
+
+def test_run_timeout_returns_while_a_grandchild_holds_the_pipe(pod):
+    # subprocess.run kills and then waits for the process only; reading the
+    # pipes again would wait for the background sleep that holds them.
+    start = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired) as e:
+        pod.run(["sh", "-c", "echo partial; sleep 8 & sleep 8"], capture_output=True, timeout=1)
+    assert time.monotonic() - start < 4
+    assert e.value.stdout == b"partial\n"  # what was read before the timeout
+
+
+def test_stop_all_from_two_threads_in_opposite_orders_does_not_deadlock():
+    pods = [nsbox.Pod().start() for _ in range(6)]
+    for pod in pods:  # members that ignore SIGTERM: each stop holds its pod's lock until the timeout
+        pod.spawn(["sh", "-c", "trap '' TERM; exec sleep 60"])
+    time.sleep(0.3)
+    barrier = threading.Barrier(2)
+    done = []
+
+    def stop(order):
+        barrier.wait()
+        nsbox.stop_all(order, timeout=0.5)
+        done.append(True)
+
+    threads = [threading.Thread(target=stop, args=(order,), daemon=True) for order in (pods, pods[::-1])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=15)
+    assert len(done) == 2, "stop_all deadlocked"
+
+
+def test_stop_takes_a_members_pidfd_under_its_lock(pod):
+    # A concurrent wait() closes the pidfd under this lock (and its number can
+    # then be reused by another process's pidfd): stop() must not copy it
+    # without the lock.  While the lock is held, the member is not signalled.
+    member = pod.spawn(["sleep", "60"])
+    holding = threading.Event()
+    box = {}
+
+    def hold():
+        with member._pidfd_lock:
+            holding.set()
+            time.sleep(0.5)
+            try:
+                box["alive"] = os.waitid(os.P_PIDFD, member.pidfd, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None
+            except ChildProcessError:  # reaped already
+                box["alive"] = False
+
+    t = threading.Thread(target=hold)
+    t.start()
+    holding.wait()
+    pod.stop()
+    t.join()
+    assert box["alive"], "stop() signalled the member without its pidfd lock"
+    assert member.returncode == -signal.SIGTERM
+
+
+def test_stopping_a_pod_leaves_other_zombie_children_alone():
+    # Stopping a pod reaps zombies that block its holder's exit; a zombie
+    # child of ours in another PID namespace is not its business.
+    other = nsbox.Pod().start()
+    pod = nsbox.Pod().start()
+    box = {}
+
+    def start_in(target, key, argv):
+        with target.joined("pid"):
+            box[key] = subprocess.Popen(argv)
+
+    for target, key, argv in ((pod, "stray", ["sleep", "60"]), (other, "mine", ["sh", "-c", "exit 7"])):
+        t = threading.Thread(target=start_in, args=(target, key, argv))
+        t.start()
+        t.join()
+    try:
+        assert wait_until(lambda: proc_state(box["mine"].pid) == "Z")
+        pod.stop()  # its holder waits for the stray zombie: stop() reaps it
+        assert box["stray"].wait() == -signal.SIGKILL or box["stray"].returncode is not None
+        assert box["mine"].wait() == 7
+    finally:
+        pod.stop()
+        other.stop()
+
+
+_NO_CLOSE_RANGE = """
+import ctypes, os, struct, sys, tempfile
+import nsbox
+
+# A seccomp filter that fails close_range(2) with ENOSYS, as a kernel older
+# than 5.9 does, for this process and everything it starts.
+libc = ctypes.CDLL(None, use_errno=True)
+insns = [(0x20, 0, 0, 0),                      # A = syscall number
+         (0x15, 0, 1, 436),                    # close_range (436 on every arch)?
+         (0x06, 0, 0, 0x00050000 | 38),        # -> SECCOMP_RET_ERRNO | ENOSYS
+         (0x06, 0, 0, 0x7FFF0000)]             # else SECCOMP_RET_ALLOW
+buf = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *i) for i in insns))
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+prog = Fprog(len(insns), ctypes.addressof(buf))
+assert libc.prctl(38, 1, 0, 0, 0) == 0                                  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0                 # PR_SET_SECCOMP, FILTER
+assert libc.syscall(436, 3, 3, 0) == -1 and ctypes.get_errno() == 38
+
+marker = tempfile.NamedTemporaryFile(prefix="nsbox-leak-")
+os.dup2(marker.fileno(), 40, inheritable=True)  # (above the fds a child installs)
+
+def leaked(pid):
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == marker.name:
+                out.append(fd)
+        except OSError:
+            pass
+    return out
+
+with nsbox.Pod() as pod:
+    member = pod.spawn(["sleep", "60"])
+    print("holder", leaked(pod.pid), "member", leaked(member.pid))
+"""
+
+
+def test_fds_are_closed_without_close_range():
+    r = run_python(_NO_CLOSE_RANGE)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["holder", "[]", "member", "[]"]
+
+
+def test_the_kernel_floor_is_checked_with_a_clear_error():
+    from nsbox import _syscalls
+
+    with pytest.raises(nsbox.UnsupportedError, match=r"Linux 5\.8 or newer .* this kernel is 5\.4\.0-42"):
+        _syscalls.require_kernel("5.4.0-42-generic")
+    _syscalls.require_kernel("5.8.0")
+    _syscalls.require_kernel(os.uname().release)
+
+
+def test_changing_credentials_leaves_the_caller_dumpable():
+    # The "dumpable" flag belongs to the memory: a child that changes its euid
+    # while it shares the caller's memory makes the caller non-dumpable.
+    r = run_python(textwrap.dedent("""
+        import prctl, nsbox
+        before = prctl.get_dumpable()
+        with nsbox.Pod() as pod:
+            uid = pod.run(["id", "-u"], user=65534, group=65534, extra_groups=[], capture_output=True, text=True).stdout.strip()
+        print(before, uid, prctl.get_dumpable())
+    """))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "65534", "True"]

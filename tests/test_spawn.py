@@ -161,9 +161,9 @@ def test_ignored_libc_internal_signals_are_reset_too():
 def test_both_fd_table_paths(monkeypatch, share):
     # Children are cloned sharing the fd table (no copy) and keep only what
     # they need; the copying path (share=False) must behave the same.
-    from nsbox import _syscalls
+    from nsbox import _clone
 
-    monkeypatch.setattr(_syscalls, "SHARE_FDS", share)
+    monkeypatch.setattr(_clone, "SHARE_FDS", share)
     leaky = os.open("/dev/null", os.O_RDONLY)
     os.set_inheritable(leaky, True)
     r_fd, w_fd = os.pipe()

@@ -30,6 +30,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fds.h"
+
 #ifndef NSBOX_VERSION
 #define NSBOX_VERSION "0.1.0"
 #endif
@@ -68,24 +70,23 @@ static int parse_fd(const char *s)
 	return (int)v;
 }
 
-/* Close every fd >= 3 except the ones we were asked to keep. */
+/* Close every fd >= 3 except the ones we were asked to keep (-1: none). */
 static void close_inherited_fds(int keep_a, int keep_b)
 {
-	int lo = keep_a < keep_b ? keep_a : keep_b;
-	int hi = keep_a < keep_b ? keep_b : keep_a;
-	unsigned int from = 3;
+	int keep[2], n = 0;
 
-	if (lo >= 3) {
-		if ((unsigned int)lo > from)
-			syscall(SYS_close_range, from, lo - 1, 0);
-		from = lo + 1;
+	if (keep_a >= 3)
+		keep[n++] = keep_a;
+	if (keep_b >= 3 && keep_b != keep_a)
+		keep[n++] = keep_b;
+	if (n == 2 && keep[0] > keep[1]) {
+		int t = keep[0];
+
+		keep[0] = keep[1];
+		keep[1] = t;
 	}
-	if (hi >= 3 && hi != lo) {
-		if ((unsigned int)hi > from)
-			syscall(SYS_close_range, from, hi - 1, 0);
-		from = hi + 1;
-	}
-	syscall(SYS_close_range, from, ~0U, 0);
+	if (nsbox_close_fds_except(keep, n, NULL, 0) < 0)
+		perror("nsbox-init: warning: failed to close inherited fds");
 }
 
 static void stdin_from_devnull(void)

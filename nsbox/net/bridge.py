@@ -86,6 +86,16 @@ class Bridge:
 
     # ---- pods ------------------------------------------------------------
 
+    def check_publishable(self) -> None:  # TEMPORARY shim
+        if self.subnet.version != 4:
+            raise ConfigError("ports= supports IPv4 networks only (for now)")
+
+    def to_dict(self) -> dict:  # TEMPORARY shim
+        raise NotImplementedError
+
+    def attach(self, pod_netns_fd: int, holder_pid: int, *, primary: bool = True) -> Attachment:
+        return self._attach(pod_netns_fd, holder_pid, primary)
+
     def _attach(self, pod_netns_fd: int, holder_pid: int, primary: bool = True) -> Attachment:
         owner = owner_of(holder_pid)
         if owner is None:

@@ -76,6 +76,22 @@ class Attachment:
             e = errors[0]
             raise NetworkError(getattr(e, "errno", None) or errno.EIO, f"tearing down {self.host_ifname}: {e}")
 
+    def publish(self, owner: Any, ports: list) -> None:  # TEMPORARY shim
+        from .ports import publish
+        published = publish(owner, self.address, self.route_ifname, ports)
+        self.undo.append(published.remove)
+
+    def shape(self, shaping: Shaping, pod_netns_fd: int) -> None:  # TEMPORARY shim
+        try:
+            shape_link(self.host_ifname, self.ifname, pod_netns_fd, shaping)
+        except BaseException:
+            try:
+                shape_link(self.host_ifname, self.ifname, pod_netns_fd, self.shaping)
+            except Exception:
+                pass
+            raise
+        self.shaping = shaping
+
     def _undo(self, errors: list) -> None:
         for step in reversed(self.undo):
             try:
@@ -208,6 +224,18 @@ class Veth:
 
     def __repr__(self) -> str:
         return f"Veth(address={str(self.address)!r}, host_address={str(self.host_address) if self.host_address else None!r})"
+
+    def check_publishable(self) -> None:  # TEMPORARY shim
+        if self.address.version != 4:
+            raise ConfigError("ports= supports IPv4 networks only (for now)")
+        if self.host_address is None:
+            raise ConfigError("ports= with a Veth needs host_address (the host must route to the pod)")
+
+    def to_dict(self) -> dict:  # TEMPORARY shim
+        raise NotImplementedError
+
+    def attach(self, pod_netns_fd: int, holder_pid: int, *, primary: bool = True) -> Attachment:
+        return self._attach(pod_netns_fd, holder_pid, primary)
 
     def _attach(self, pod_netns_fd: int, holder_pid: int, primary: bool = True) -> Attachment:
         with nl.shared() as host:
