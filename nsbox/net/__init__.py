@@ -1,5 +1,10 @@
-"""Pod networking over rtnetlink (pyroute2 message classes, nsbox's sockets)."""
+"""Pod networking over rtnetlink (pyroute2 message classes, nsbox's sockets).
+
+A :class:`Network` (``Veth``, ``Bridge``) is configuration; attaching it to
+a pod makes an :class:`Attachment`, which owns what was made and undoes it."""
+from .attachment import Attachment, detach_all
 from .bridge import Bridge
+from .network import Network, network_from_dict
 from .veth import Veth
 
-__all__ = ["Veth", "Bridge"]
+__all__ = ["Veth", "Bridge", "Network", "Attachment", "detach_all", "network_from_dict"]
