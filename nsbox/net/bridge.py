@@ -20,12 +20,13 @@ from ._names import check_ifname, check_mac, check_mtu
 from .attachment import Attachment, attach
 from .ipam import Ipam, owner_of
 from .link import index_of, link_index
+from .network import NetworkConfig
 from .shaping import Shaping
 
 __all__ = ["Bridge"]
 
 
-class Bridge:
+class Bridge(NetworkConfig):
     """A Linux bridge shared by pods, with IPAM.
 
     ::
@@ -88,10 +89,12 @@ class Bridge:
 
     # ---- pods ------------------------------------------------------------
 
+    KIND = "bridge"
+
     def to_dict(self) -> dict[str, Any]:
         """The configuration, JSON-able: ``network_from_dict()`` makes an equal Bridge."""
         return {
-            "type": "bridge",
+            "type": self.KIND,
             "name": self.name,
             "subnet": str(self.subnet),
             "gateway": str(self.gateway.ip),
@@ -102,19 +105,6 @@ class Bridge:
             "mac": self.mac,
             **self.shaping.to_kwargs(),
         }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Bridge":
-        kw = dict(d)
-        if kw.pop("type", "bridge") != "bridge":
-            raise ConfigError(f"not a bridge network: {d!r}")
-        return cls(**kw)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Bridge) and self.to_dict() == other.to_dict()
-
-    def __hash__(self) -> int:
-        return hash((self.name, self.subnet, self.address, self.ifname))
 
     def check_publishable(self) -> None:
         """Raise ConfigError unless ``ports=`` can be published through this network."""

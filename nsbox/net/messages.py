@@ -42,10 +42,10 @@ RTM_F_FIB_MATCH = 0x2000  # RTM_GETROUTE: answer with the matching route, not a 
 
 # ---- templates -----------------------------------------------------------------
 #
-# pyroute2 encodes a message in ~100-150 us of Python.  Messages of one shape
-# differ only in a few fixed-size values, so pyroute2 encodes each shape once
-# with placeholders (values no real message has), and later messages are
-# that encoding with the real values patched in (~3 us).
+# pyroute2 encodes a message slowly, in Python (see docs/performance.md).
+# Messages of one shape differ only in a few fixed-size values, so pyroute2
+# encodes each shape once with placeholders (values no real message has),
+# and later messages are that encoding with the real values patched in.
 
 # Placeholders for 32-bit fields, each named after the field it stands for.
 LINK_INDEX = 0x7EADBEEF  # the link's own ifindex (ifinfomsg/ifaddrmsg index, RTA_OIF)

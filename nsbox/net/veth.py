@@ -14,12 +14,13 @@ from ..errors import ConfigError
 from . import rtnl
 from ._names import check_ifname, check_interface, check_mac, check_mtu
 from .attachment import Attachment, attach, detach_all
+from .network import NetworkConfig
 from .shaping import Shaping
 
 __all__ = ["Veth", "Attachment", "detach_all"]  # (the last two: for old importers, one release)
 
 
-class Veth:
+class Veth(NetworkConfig):
     """A point-to-point link between the pod and the host.
 
     ::
@@ -90,10 +91,12 @@ class Veth:
     def __repr__(self) -> str:
         return f"Veth(address={str(self.address)!r}, host_address={str(self.host_address) if self.host_address else None!r})"
 
+    KIND = "veth"
+
     def to_dict(self) -> dict[str, Any]:
         """The configuration, JSON-able: ``network_from_dict()`` makes an equal Veth."""
         return {
-            "type": "veth",
+            "type": self.KIND,
             "address": str(self.address),
             "host_address": None if self.host_address is None else str(self.host_address),
             "ifname": self.ifname,
@@ -105,19 +108,6 @@ class Veth:
             "default_route": self.default_route,
             **self.shaping.to_kwargs(),
         }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Veth":
-        kw = dict(d)
-        if kw.pop("type", "veth") != "veth":
-            raise ConfigError(f"not a veth network: {d!r}")
-        return cls(**kw)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Veth) and self.to_dict() == other.to_dict()
-
-    def __hash__(self) -> int:
-        return hash((self.address, self.host_address, self.ifname, self.host_ifname))
 
     def check_publishable(self) -> None:
         """Raise ConfigError unless ``ports=`` can be published through this network."""
