@@ -15,8 +15,10 @@ PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 APT_PACKAGES := gcc libc6-dev python3-dev libcap-dev procps iproute2 util-linux iputils-ping nftables
 SOURCES := $(shell find nsbox -name '*.py' -o -name '*.c' -o -name '*.h' -o -name '*.cdef') setup.py pyproject.toml
 PYTEST_ARGS ?=
+# Pinned: a new release's new checks must not turn main red by themselves.
+LINTERS := "ruff==0.17.6" "mypy==2.4.1"
 
-.PHONY: all test demo bench sysdeps install clean
+.PHONY: all test lint demo bench sysdeps install clean
 
 all: install
 
@@ -30,9 +32,9 @@ sysdeps:
 	  fi; \
 	else echo "make: no dpkg here; make sure these are installed: $(APT_PACKAGES)"; fi
 
-$(VENV)/.deps: pyproject.toml | sysdeps
+$(VENV)/.deps: pyproject.toml Makefile | sysdeps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install setuptools wheel "cffi>=1.15" "pytest>=7" "pyroute2>=0.7" "python-prctl>=1.8"
+	$(PIP) install setuptools wheel "cffi>=1.15" "pytest>=7" "pyroute2>=0.7" "python-prctl>=1.8" $(LINTERS)
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
@@ -42,7 +44,12 @@ $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 
 install: $(VENV)/.installed
 
-test: install
+# The package as its users' tools see it: a linter and a type checker, clean.
+lint: install
+	$(VENV)/bin/ruff check nsbox tests benchmarks examples
+	$(VENV)/bin/mypy
+
+test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: install

@@ -134,7 +134,7 @@ def _failed(res: Any) -> SpawnFailed:
     try:
         stage = Stage(res.stage)
     except ValueError:  # pragma: no cover - a stage this Python does not know
-        stage = Stage.NONE
+        stage = Stage(lib.NSBOX_STAGE_NONE)
     return SpawnFailed(stage, res.err)
 
 

@@ -102,11 +102,12 @@ def os_error(cls: type[OSError], err: int, message: str, filename: object = None
     return cls(err, message, filename)
 
 
-def namespace_error(err: int, what: str, filename: object = None) -> OSError:
+def namespace_error(err: Optional[int], what: str, filename: object = None) -> OSError:
     """Map an errno from clone/setns/unshare to the matching nsbox exception.
 
     ``what`` says what was being attempted, e.g. ``"joining net, uts of PID 42"``.
     """
+    err = err or _errno.EIO
     reason = os.strerror(err)
     if err == _errno.EPERM:
         return os_error(PrivilegeError, err, f"{what}: {reason}; {_PRIVILEGE_HINT}", filename)

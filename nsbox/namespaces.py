@@ -11,7 +11,7 @@ import errno
 import os
 import threading
 from collections.abc import Iterator
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 from . import _syscalls
 from .errors import ConfigError, NamespaceError, NotRunningError, ThreadingError, namespace_error
@@ -134,8 +134,7 @@ def _target_pidfd(target: Target) -> Iterator[tuple[int, str]]:
     """Yield ``(pidfd, description)`` for ``target``; closes what it opened."""
     dup = getattr(target, "_dup_pidfd", None)
     if dup is not None:
-        lock = getattr(target, "_lock")
-        with lock:
+        with cast(Any, target)._lock:
             fd = dup()  # a private copy: valid even if the pod is stopped meanwhile
         try:
             yield fd, repr(target)
@@ -266,9 +265,10 @@ def _restore(saved: list[Namespace]) -> None:
             if failed is None:
                 _syscalls.setns(ns.fileno(), KINDS[ns.kind])
         except OSError as e:
+            err = e.errno or errno.EIO
             failed = NamespaceError(
-                e.errno,
-                f"could not return this thread to its {ns.kind} namespace: {os.strerror(e.errno)}; "
+                err,
+                f"could not return this thread to its {ns.kind} namespace: {os.strerror(err)}; "
                 "the thread is left inside the pod",
             )
         finally:

@@ -67,7 +67,7 @@ class PodProcess(subprocess.Popen):
         super().__init__(args, **kwargs)
 
     # Signature of CPython 3.11+'s POSIX _execute_child; 3.10 has no process_group.
-    def _execute_child(  # type: ignore[override]
+    def _execute_child(
         self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env,
         startupinfo, creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite,
         errread, errwrite, restore_signals, gid, gids, uid, umask,
@@ -168,7 +168,7 @@ class PodProcess(subprocess.Popen):
                 fd, self.pidfd = self.pidfd, -1
                 _syscalls.close_parked(fd)
 
-    def __del__(self, _warn: Any = None) -> None:  # type: ignore[override]
+    def __del__(self, _warn: Any = None) -> None:
         super().__del__()
         # (returncode is missing when the options were rejected before Popen.__init__)
         if getattr(self, "returncode", None) is not None:

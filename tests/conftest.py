@@ -13,12 +13,11 @@ import itertools
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
 import nsbox
-import nsbox.net._netlink
+import nsbox.net.rtnl
 from helpers import children_of_self, holder_pids, proc_state, wait_until
 
 if os.geteuid() != 0:
@@ -34,7 +33,7 @@ def session_leak_check():
     # Per-process resources kept open on purpose: the creator pidfd and the
     # shared rtnetlink socket.  Open them before measuring.
     nsbox.holder.creator_pidfd()
-    nsbox.net._netlink.shared()
+    nsbox.net.rtnl.shared()
     fds_before = _open_fds()
     links_before = host_links()
     state_before = run_state()

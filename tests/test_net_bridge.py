@@ -44,7 +44,7 @@ def test_pods_on_a_bridge_reach_each_other_and_the_host(bridge):
 
 def test_teardown_keeps_the_bridge_and_releases_leases(bridge):
     with nsbox.Pod(network=bridge) as a:
-        with nsbox.Pod(network=bridge) as b:
+        with nsbox.Pod(network=bridge):
             assert len(bridge.leases()) == 2
             with pytest.raises(nsbox.NetworkError, match="still used") as e:
                 bridge.remove()

@@ -104,12 +104,12 @@ def test_taken_host_name_fails_cleanly():
 
 
 def test_failure_on_the_pod_side_rolls_back(monkeypatch):
-    from nsbox.net import veth as veth_mod
+    from nsbox.net import link
 
     def boom(*a, **k):
         raise nsbox.NetworkError(errno.EIO, "injected")
 
-    monkeypatch.setattr(veth_mod, "configure_pod_side", boom)
+    monkeypatch.setattr(link, "configure_pod_side", boom)
     links = {n for _, n in socket.if_nameindex()}
     before = holder_pids()
     with pytest.raises(nsbox.NetworkError, match="injected"):
@@ -184,12 +184,12 @@ def test_network_failing_while_the_holder_starts_leaves_no_holder():
 def test_a_kernel_that_does_not_answer_is_a_clear_error(monkeypatch):
     # Answers are read without waiting (the kernel queues them inside
     # send()); if one is missing, nsbox waits _TIMEOUT, then says so.
-    from nsbox.net import _netlink as nl
+    from nsbox.net import messages, rtnl
 
-    monkeypatch.setattr(nl, "_TIMEOUT", 0.05)
-    with nl.Rtnl() as r:
+    monkeypatch.setattr(rtnl, "_TIMEOUT", 0.05)
+    with rtnl.Rtnl() as r:
         with pytest.raises(nsbox.NetworkError, match="setting up link lo: no answer") as e:
-            r._recv(nl.link_set(1, "lo"))
+            r._recv(messages.link_set(1, "lo"))
     assert e.value.errno == errno.ETIMEDOUT
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import nsbox
-from helpers import pids_in_ns, proc_state, run_python, wait_until
+from helpers import proc_state, run_python, wait_until
 
 
 def test_wait_in_a_thread_does_not_block_stop():

@@ -1,22 +1,10 @@
-"""Pod networking over rtnetlink (pyroute2 message classes, nsbox's sockets)."""
-from typing import Any, Protocol, runtime_checkable
+"""Pod networking over rtnetlink (pyroute2 message classes, nsbox's sockets).
 
+A :class:`Network` (``Veth``, ``Bridge``) is configuration; attaching it to
+a pod makes an :class:`Attachment`, which owns what was made and undoes it."""
+from .attachment import Attachment, detach_all
 from .bridge import Bridge
-from .veth import Attachment, Veth, detach_all
+from .network import Network, network_from_dict
+from .veth import Veth
 
 __all__ = ["Veth", "Bridge", "Network", "Attachment", "detach_all", "network_from_dict"]
-
-
-@runtime_checkable
-class Network(Protocol):  # TEMPORARY shim until the net refactor lands
-    ifname: str
-
-    def attach(self, pod_netns_fd: int, holder_pid: int, *, primary: bool = True) -> Attachment: ...
-
-    def check_publishable(self) -> None: ...
-
-    def to_dict(self) -> dict: ...
-
-
-def network_from_dict(d: Any) -> Network:
-    raise NotImplementedError

@@ -14,16 +14,19 @@ import os
 from typing import Any, Optional
 
 from ..errors import ConfigError, NetworkError
-from . import _netlink as nl
+from . import messages as msg
+from . import rtnl
 from ._names import check_ifname, check_mac, check_mtu
+from .attachment import Attachment, attach
 from .ipam import Ipam, owner_of
-from .shaping import Shaping, shape_link
-from .veth import _PEER_INDEX, Attachment, _check, _detach_quietly, _index, configure_pod_side, create_pair
+from .link import index_of, link_index
+from .network import NetworkConfig
+from .shaping import Shaping
 
 __all__ = ["Bridge"]
 
 
-class Bridge:
+class Bridge(NetworkConfig):
     """A Linux bridge shared by pods, with IPAM.
 
     ::
@@ -86,73 +89,74 @@ class Bridge:
 
     # ---- pods ------------------------------------------------------------
 
-    def check_publishable(self) -> None:  # TEMPORARY shim
+    KIND = "bridge"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration, JSON-able: ``network_from_dict()`` makes an equal Bridge."""
+        return {
+            "type": self.KIND,
+            "name": self.name,
+            "subnet": str(self.subnet),
+            "gateway": str(self.gateway.ip),
+            "address": None if self.address is None else str(self.address.ip),
+            "ifname": self.ifname,
+            "host_ifname": self.host_ifname,
+            "mtu": self.mtu,
+            "mac": self.mac,
+            **self.shaping.to_kwargs(),
+        }
+
+    def check_publishable(self) -> None:
+        """Raise ConfigError unless ``ports=`` can be published through this network."""
         if self.subnet.version != 4:
             raise ConfigError("ports= supports IPv4 networks only (for now)")
 
-    def to_dict(self) -> dict:  # TEMPORARY shim
-        raise NotImplementedError
-
     def attach(self, pod_netns_fd: int, holder_pid: int, *, primary: bool = True) -> Attachment:
-        return self._attach(pod_netns_fd, holder_pid, primary)
-
-    def _attach(self, pod_netns_fd: int, holder_pid: int, primary: bool = True) -> Attachment:
+        """Lease an address and make this network's link for the pod whose
+        network namespace is ``pod_netns_fd``, its host end a port of the
+        bridge (made if needed); only the ``primary`` network gives the pod a
+        default route."""
         owner = owner_of(holder_pid)
         if owner is None:
             raise NetworkError(errno.ESRCH, "the pod's holder exited while its network was being set up")
-        with nl.shared() as host:
+        with rtnl.shared() as host:
             with self._ipam.locked():
                 bridge_index = self._ensure_bridge(host)
-                addr = self._ipam.allocate(owner, self.address.ip if self.address else None)
-            iface = ipaddress.ip_interface(f"{addr}/{self.subnet.prefixlen}")
-            try:
-                att = create_pair(host, pod_netns_fd, self.ifname, self.host_ifname, mtu=self.mtu, mac=self.mac,
-                                  master=bridge_index, peer_index=_PEER_INDEX if primary else 0,
-                                  ipv6=self.subnet.version == 6)
-            except BaseException:
-                self._ipam.release(addr, owner)
-                raise
-            att.address, att.host_address = iface, self.gateway
-            att.route_ifname = self.name
-            att.undo.append(lambda: self._ipam.release(addr, owner))
-            try:
-                configure_pod_side(pod_netns_fd, self.ifname, iface, gateway=self.gateway.ip if primary else None,
-                                   index=att.peer_index)
-                if self.shaping:
-                    shape_link(att.host_ifname, att.ifname, pod_netns_fd, self.shaping)
-                    att.shaping = self.shaping
-            except BaseException:
-                _detach_quietly(att)
-                raise
-        return att
+                lease = self._ipam.lease(owner, self.address.ip if self.address else None)
+            address = ipaddress.ip_interface(f"{lease.address}/{self.subnet.prefixlen}")
+            return attach(host, pod_netns_fd, ifname=self.ifname, address=address,
+                          host_ifname=self.host_ifname, host_address=self.gateway,
+                          gateway=self.gateway.ip if primary else None, master=bridge_index,
+                          route_ifname=self.name, mtu=self.mtu, mac=self.mac, primary=primary,
+                          shaping=self.shaping, lease=lease)
+
 
     @property
     def _alias(self) -> str:
         return f"nsbox:{self.subnet}"
 
-    def _ensure_bridge(self, host: nl.Rtnl) -> int:
+    def _ensure_bridge(self, host: rtnl.Rtnl) -> int:
         """The bridge's ifindex, creating it (with the gateway, up) if needed.
 
         A bridge nsbox creates carries the alias ``nsbox:<subnet>``; any other
         link of that name (another bridge, a bridge for another subnet) is
         refused, never adopted."""
-        index = host.link_index(self.name)
+        index = link_index(host, self.name)
         if index is None:
-            _check(host, [nl.bridge(self.name)])
-            index = _index(host, self.name)
-            reqs = [nl.addr_add(index, self.name, self.gateway),
-                    nl.link_set(index, self.name, up=True, alias=self._alias)]
-            errors = host.run(reqs)
-            if any(errors):
-                host.run([nl.link_del(self.name)])
-                err = next(e for e in errors if e)
-                raise NetworkError(err.errno, err.strerror)
+            host.check([msg.bridge(self.name)])
+            index = index_of(host, self.name)
+            errors = host.run([msg.addr_add(index, self.name, self.gateway),
+                               msg.link_set(index, self.name, up=True, alias=self._alias)])
+            failed = next((e for e in errors if e is not None), None)
+            if failed is not None:
+                host.run([msg.link_del(self.name)])
+                raise failed
             return index
         self._check_ours()
-        errors = host.run([nl.addr_add(index, self.name, self.gateway), nl.link_set(index, self.name, up=True)])
+        errors = host.run([msg.addr_add(index, self.name, self.gateway), msg.link_set(index, self.name, up=True)])
         for err in errors:
             if err is not None and err.errno != errno.EEXIST:
-                raise NetworkError(err.errno, err.strerror)
+                raise err
         return index
 
     def _check_ours(self) -> None:
@@ -192,8 +196,8 @@ class Bridge:
         """Delete the bridge and its IPAM state.  Raises NetworkError (EBUSY)
         while a pod still uses it, (EEXIST) for a link of that name nsbox did
         not make for this subnet; a no-op when it does not exist."""
-        with nl.Rtnl() as host, self._ipam.locked():
-            if host.link_index(self.name) is None:
+        with rtnl.Rtnl() as host, self._ipam.locked():
+            if link_index(host, self.name) is None:
                 self._ipam.destroy()
                 return
             self._check_ours()
@@ -205,9 +209,9 @@ class Bridge:
                     f"bridge {self.name} is still used by {len(leases)} pod(s) "
                     f"(ports: {', '.join(ports) or 'none'}); stop them first",
                 )
-            err = host.run([nl.link_del(self.name)])[0]
+            err = host.run([msg.link_del(self.name)])[0]
             if err is not None and err.errno not in (errno.ENODEV, errno.ENOENT):
-                raise NetworkError(err.errno, err.strerror)
+                raise err
             self._ipam.destroy()
 
 

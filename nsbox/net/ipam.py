@@ -15,41 +15,31 @@ import errno
 import ipaddress
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
+from .._proc import Owner
+from .._proc import owner as owner_of
 from ..errors import NetworkError
 from .state import locked, prune, run_dir
 
-__all__ = ["Ipam", "Owner", "owner_of"]
+__all__ = ["Ipam", "Lease", "Owner", "owner_of"]
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-Owner = tuple[int, int]  # (pid, start time in clock ticks since boot)
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 _MAX_SCAN = 1 << 16  # addresses looked at before giving up on a huge subnet
-
-
-def owner_of(pid: int) -> Optional[Owner]:
-    """``(pid, start time)`` of a live process, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None
-    if fields[0] == b"Z":
-        return None
-    return pid, int(fields[19])
 
 
 # Leases this process wrote and still holds, by lease directory: {address: owner}.
 # Their owners are this process's running pods, so allocate() need not read
-# each of those leases and check its owner in /proc again (that made every
-# allocation O(pods on the bridge) in system calls: 13 ms per pod at 200).
+# each of those leases and check its owner in /proc again (else every
+# allocation is O(pods on the bridge) in system calls; see docs/performance.md).
 # Guarded by the state lock, like the files.
 _ours: dict[Path, dict[str, Owner]] = {}
 # Per lease directory: every candidate address below this index (in hosts()
 # order) is reserved or one of ours, so a scan for the lowest free address
-# starts there (without it, the scan itself grew with the pods: 6.7 ms per
-# pod at 1000).
+# starts there (else the scan itself grows with the pods).
 _low: dict[Path, int] = {}
 
 
@@ -61,9 +51,33 @@ def _forget() -> None:
 os.register_at_fork(after_in_child=_forget)
 
 
+@dataclass(frozen=True)
+class Lease:
+    """One leased address: where its lease file is, and whose it is."""
+
+    dir: Path
+    network: Network
+    address: Address
+    owner: Owner
+
+    def release(self) -> None:
+        """Give the address back if the owner still holds it; idempotent."""
+        Ipam(self.dir.name, self.network, set(), dir=self.dir).release(self.address, self.owner)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"dir": str(self.dir), "network": str(self.network), "address": str(self.address),
+                "owner": list(self.owner)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Lease":
+        pid, start = record["owner"]
+        return cls(Path(record["dir"]), ipaddress.ip_network(record["network"]),
+                   ipaddress.ip_address(record["address"]), (int(pid), int(start)))
+
+
 class Ipam:
-    def __init__(self, key: str, network: Union[ipaddress.IPv4Network, ipaddress.IPv6Network], reserved: set):
-        self.dir = run_dir() / "ipam" / key
+    def __init__(self, key: str, network: Network, reserved: set, *, dir: Optional[Path] = None):
+        self.dir = dir if dir is not None else run_dir() / "ipam" / key
         self.network = network
         self.reserved = set(reserved)
 
@@ -118,6 +132,10 @@ class Ipam:
             f"no free address left in {self.network} (stop some pods, or use a larger subnet)",
         )
 
+    def lease(self, owner: Owner, want: Optional[Address] = None) -> Lease:
+        """:meth:`allocate`, as a :class:`Lease` (call inside :meth:`locked`)."""
+        return Lease(self.dir, self.network, self.allocate(owner, want), owner)
+
     def _hosts(self) -> tuple[int, int]:
         """The first candidate address (as an int) and how many there are:
         what ``network.hosts()`` yields, without making every address."""
@@ -155,15 +173,15 @@ class Ipam:
             prune(self.dir)  # the last lease gone: no directory left behind
 
     def live_leases(self) -> dict[Address, Owner]:
-        out = {}
+        out: dict[Address, Owner] = {}
         if not self.dir.exists():
             return out
         for path in self.dir.iterdir():
             if path.name.startswith("."):
                 continue
             owner = self._owner(path)
-            if self._is_live(owner):
-                out[ipaddress.ip_address(path.name)] = owner  # type: ignore[assignment]
+            if owner is not None and self._is_live(owner):
+                out[ipaddress.ip_address(path.name)] = owner
         return out
 
     def destroy(self) -> None:

@@ -81,6 +81,15 @@ class Published:
     def tag(self) -> str:
         return _tag(self.owner, self.route_ifname)
 
+    def to_record(self) -> dict[str, Any]:
+        return {"owner": list(self.owner), "ports": [list(p) for p in self.ports], "route_ifname": self.route_ifname}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Published":
+        pid, start = record["owner"]
+        ports = [(str(proto), int(hp), int(cp)) for proto, hp, cp in record["ports"]]
+        return cls((int(pid), int(start)), ports, str(record["route_ifname"]))
+
     def remove(self) -> None:
         """Delete this pod's rules and reservations; idempotent.  Rules are
         found by their tag, never by a remembered handle: after a sweep, a
@@ -131,7 +140,8 @@ def publish(owner: Owner, address: Any, route_ifname: str, ports: list[tuple[str
                 lines.append(f"add rule ip {TABLE} output {dnat}")
                 lines.append(f"add rule ip {TABLE} prerouting {dnat}")
                 # 127.0.0.1 can't be a source on the wire: rewrite it to ours.
-                lines.append(f"add rule ip {TABLE} postrouting ip saddr 127.0.0.0/8 ip daddr {ip} {proto} dport {cp} masquerade {comment}\n")
+                lines.append(f"add rule ip {TABLE} postrouting ip saddr 127.0.0.0/8 ip daddr {ip} "
+                             f"{proto} dport {cp} masquerade {comment}\n")
             r = _nft("".join(lines), check=False)
             if r.returncode != 0:
                 raise NetworkError(errno.EIO, f"adding port rules failed: {r.stderr.strip()}")

@@ -7,15 +7,18 @@ direction, ``rate`` caps each direction.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import ConfigError, NetworkError
-from . import _netlink as nl
+from . import messages as msg
+from .link import link_index
+from .rtnl import Request, Rtnl
 
-__all__ = ["Shaping"]
+__all__ = ["Shaping", "apply"]
 
 _TIME = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(us|ms|s)\s*$")
 _RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)\s*$", re.I)
@@ -89,7 +92,20 @@ class Shaping:
     def needs_netem(self) -> bool:
         return bool(self.delay_us or self.jitter_us or self.loss)
 
-    def request(self, index: int, name: str) -> nl.Request:
+    def to_kwargs(self) -> dict[str, Any]:
+        """The keywords (``delay=``, ...) that make this shaping again."""
+        return {"delay": f"{self.delay_us}us" if self.delay_us else None,
+                "jitter": f"{self.jitter_us}us" if self.jitter_us else None,
+                "loss": self.loss or None, "rate": self.rate_bps or None}
+
+    def to_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Shaping":
+        return cls(int(record["delay_us"]), int(record["jitter_us"]), float(record["loss"]), int(record["rate_bps"]))
+
+    def request(self, index: int, name: str) -> Request:
         """netem for delay/jitter/loss (with its own rate cap); tbf for a rate alone."""
         if self.needs_netem:
             from pyroute2.netlink.rtnl.tcmsg import sched_netem
@@ -97,32 +113,26 @@ class Shaping:
             params: dict[str, Any] = {"delay": self.delay_us, "jitter": self.jitter_us, "loss": self.loss}
             if self.rate_bps:
                 params["rate"] = self.rate_bps // 8  # netem wants bytes per second
-            return nl.qdisc(index, name, "netem", sched_netem.get_parameters(params))
+            return msg.qdisc(index, name, "netem", sched_netem.get_parameters(params))
         from pyroute2.netlink.rtnl.tcmsg import sched_tbf
 
         rate = self.rate_bps // 8
         burst = max(rate // 100, 2 * 1514)  # >= rate/HZ and two full frames; <= ~3 s of rate
-        return nl.qdisc(index, name, "tbf", sched_tbf.get_parameters({"rate": rate, "burst": burst, "latency": 50_000}))
+        return msg.qdisc(index, name, "tbf", sched_tbf.get_parameters({"rate": rate, "burst": burst, "latency": 50_000}))
 
 
-def _delete_root(index: int, name: str) -> nl.Request:
-    req = nl.qdisc(index, name, "", {})
-    req.msg["attrs"] = []
-    req.type, req.flags, req.what = nl.RTM_DELQDISC, nl.CHANGE, f"removing shaping from {name}"
-    return req
-
-
-def apply(rtnl: nl.Rtnl, ifname: str, shaping: Shaping) -> None:
-    """Replace the shaping of ``ifname`` (an empty ``shaping`` removes it)."""
-    index = rtnl.link_index(ifname)
+def apply(rtnl: Rtnl, ifname: str, shaping: Shaping) -> None:
+    """Replace the shaping of ``ifname`` in ``rtnl``'s namespace (an empty
+    ``shaping`` removes it)."""
+    index = link_index(rtnl, ifname)
     if index is None:
         raise NetworkError(errno.ENODEV, f"interface {ifname} does not exist (is the pod running?)")
-    reqs = [_delete_root(index, ifname)]
+    reqs = [msg.qdisc_del(index, ifname)]
     if shaping:
         reqs.append(shaping.request(index, ifname))
     errors = rtnl.run(reqs)
     if errors[0] is not None and errors[0].errno not in (errno.ENOENT, errno.EINVAL):
-        raise NetworkError(errors[0].errno, errors[0].strerror)
+        raise errors[0]
     if len(errors) > 1 and errors[1] is not None:
         err = errors[1]
         if err.errno == errno.ENOENT and shaping.needs_netem:
@@ -131,12 +141,4 @@ def apply(rtnl: nl.Rtnl, ifname: str, shaping: Shaping) -> None:
                 f"{err.strerror}: this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM), so delay, jitter "
                 "and loss cannot be emulated; rate limiting alone (tbf) still works",
             )
-        raise NetworkError(err.errno, err.strerror)
-
-
-def shape_link(host_ifname: str, ifname: str, pod_netns_fd: int, shaping: Shaping) -> None:
-    """Apply ``shaping`` to both ends of a pod's link."""
-    with nl.Rtnl() as host:
-        apply(host, host_ifname, shaping)
-    with nl.Rtnl(nl.socket_in_netns(pod_netns_fd)) as pod:
-        apply(pod, ifname, shaping)
+        raise err

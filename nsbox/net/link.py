@@ -1,0 +1,193 @@
+"""Links: finding them, making a pod's veth pair, configuring its pod end,
+and making sure a host address is not already somebody else's.
+
+Used by both network modes (:mod:`nsbox.net.veth`, :mod:`nsbox.net.bridge`);
+what a pod ends up owning is an :class:`~nsbox.net.attachment.Attachment`.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
+
+from ..errors import NetworkError
+from . import messages as msg
+from ._names import Interface, random_host_name
+from .rtnl import HEADER, Rtnl, attributes, socket_in_netns
+
+__all__ = ["PEER_INDEX", "link_index", "index_of", "link_name", "existing", "wait_gone",
+           "create_pair", "configure_pod_side", "subnet_lock", "check_unused"]
+
+NAME_TRIES = 10
+# The ifindex asked for the primary pod end: a fresh namespace has only lo (1).
+PEER_INDEX = 2
+IFLA_IFNAME = 3
+RTA_OIF = 4
+RTN_UNICAST, RTN_LOCAL = 1, 2
+_IFINFOMSG_SIZE = 16
+# struct rtmsg: family dst_len src_len tos table protocol scope type, flags(4)
+_RTMSG = struct.Struct("=BBBBBBBBI")
+
+
+# ---- finding links ---------------------------------------------------------------
+
+
+def link_index(rtnl: Rtnl, name: str) -> Optional[int]:
+    """The ifindex of ``name`` in ``rtnl``'s namespace, or None."""
+    answer = rtnl.ask([msg.get_link(name)])[0]
+    if answer.error is not None:
+        if answer.error.errno == errno.ENODEV:
+            return None
+        raise answer.error
+    for raw in answer.replies:
+        # struct ifinfomsg: family(1) pad(1) type(2) index(4) ...
+        (index,) = struct.unpack_from("=i", raw, HEADER.size + 4)
+        return index
+    return None
+
+
+def index_of(rtnl: Rtnl, name: str) -> int:
+    """The ifindex of ``name``, which was just made (ENODEV if it vanished)."""
+    index = link_index(rtnl, name)
+    if index is None:
+        raise NetworkError(errno.ENODEV, f"interface {name} vanished while it was being set up")
+    return index
+
+
+def link_name(rtnl: Rtnl, index: int) -> str:
+    """The name of link ``index`` (for messages: ``#index`` if it is gone)."""
+    answer = rtnl.ask([msg.get_link_by_index(index)])[0]
+    for raw in answer.replies:
+        name = attributes(raw, HEADER.size + _IFINFOMSG_SIZE).get(IFLA_IFNAME)
+        if name:
+            return name.split(b"\0", 1)[0].decode(errors="replace")
+    return f"#{index}"
+
+
+def existing(rtnl: Rtnl, indexes: Sequence[int]) -> set[int]:
+    """Which of ``indexes`` still name a link (batches of RTM_GETLINK, small
+    enough that the answers fit the socket's receive buffer)."""
+    out: set[int] = set()
+    for i in range(0, len(indexes), 32):
+        batch = indexes[i : i + 32]
+        answers = rtnl.ask([msg.get_link_by_index(index) for index in batch])
+        out.update(index for index, a in zip(batch, answers, strict=True) if a.replies)
+    return out
+
+
+def wait_gone(rtnl: Rtnl, indexes: Iterable[int], timeout: float) -> None:
+    """Wait (polling, ~1 ms apart) until the links ``indexes`` are gone."""
+    pending = [i for i in indexes if i]
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while pending:
+        pending = sorted(existing(rtnl, pending))
+        if not pending or time.monotonic() >= deadline:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
+# ---- a host address must be free ----------------------------------------------------
+
+# Held from the check below until the address is on the new link, so two
+# threads cannot both find the same subnet free.  Striped by subnet: pods in
+# different subnets rarely wait for each other.
+_SUBNET_LOCKS = [threading.Lock() for _ in range(64)]
+
+
+def subnet_lock(iface: Interface) -> threading.Lock:
+    return _SUBNET_LOCKS[hash(iface.network) % len(_SUBNET_LOCKS)]
+
+
+def check_unused(rtnl: Rtnl, host_address: Interface, address: Interface) -> None:
+    """Refuse (EADDRINUSE) to put ``host_address`` on a new host link when
+    it is already a local address, or when ``address`` (the pod's) is
+    already routed through a prefix at least as long as the new link's: the
+    pod would be unreachable (the first route wins).
+
+    Two fib lookups in one round trip, whatever the number of links or
+    pods (a dump of every address would make each pod O(pods))."""
+    answers = rtnl.ask([msg.fib_match(host_address.ip), msg.fib_match(address.ip)])
+    for asked, answer in zip((host_address, address), answers, strict=True):
+        if answer.error is not None:
+            if answer.error.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ESRCH):
+                continue  # no route at all: free
+            raise answer.error
+        for raw in answer.replies:
+            _family, dst_len, _src, _tos, _table, _proto, _scope, rtype, _flags = _RTMSG.unpack_from(raw, HEADER.size)
+            oif = attributes(raw, HEADER.size + _RTMSG.size).get(RTA_OIF)
+            link = link_name(rtnl, struct.unpack("=i", oif)[0]) if oif else "another route"
+            if rtype == RTN_LOCAL:
+                raise NetworkError(errno.EADDRINUSE, f"address {asked.ip} is already on {link}: "
+                                   "pick another subnet, or stop the pod (or remove the address) that has it")
+            if rtype == RTN_UNICAST and dst_len >= host_address.network.prefixlen:
+                raise NetworkError(errno.EADDRINUSE, f"subnet {host_address.network} is already routed via {link}: "
+                                   "pick another subnet, or stop the pod that has it")
+
+
+# ---- a pod's veth pair ---------------------------------------------------------------
+
+
+def create_pair(host: Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Optional[str], *,
+                mtu: Optional[int] = None, mac: Optional[str] = None, host_mac: Optional[str] = None,
+                master: Optional[int] = None, host_address: Optional[Interface] = None,
+                peer_index: int = 0, ipv6: bool = False) -> tuple[str, int, int]:
+    """Create the veth pair — the pod end born inside the pod (with ifindex
+    ``peer_index`` if given), the host end up, in ``master``, with
+    ``host_address`` — in one round trip: the host end gets an ifindex
+    chosen here, so its address can go in the same batch.
+
+    Returns ``(host name, host ifindex, pod end ifindex or 0)``; on failure
+    nothing is left behind."""
+    tries = 1 if host_ifname else NAME_TRIES
+    for _ in range(tries):
+        name = host_ifname or random_host_name()
+        index = _random_index()
+        reqs = [msg.veth(name, ifname, pod_netns_fd, mtu=mtu, mac=host_mac, peer_mac=mac, master=master,
+                         index=index, peer_index=peer_index),
+                *msg.link_up(index, name, no_ipv6_ll=not ipv6)]
+        if host_address is not None:
+            reqs.append(msg.addr_add(index, name, host_address))
+        errors = host.run(reqs)
+        err = errors[0]
+        if err is None:
+            failed = next((e for e in errors[1:] if e is not None), None)
+            if failed is not None:
+                host.run([msg.link_del(name, index)])  # (takes the pod end along)
+                raise failed
+            return name, index, peer_index
+        if err.errno == errno.EBUSY and peer_index:
+            peer_index = 0  # something took that ifindex in the pod: let the kernel choose
+            continue
+        if err.errno not in (errno.EEXIST, errno.EBUSY):
+            raise err
+        if host_ifname and err.errno == errno.EEXIST:
+            raise NetworkError(errno.EEXIST, f"host interface name {host_ifname!r} is taken; pick another or leave host_ifname unset")
+    raise NetworkError(errno.EEXIST, f"no free host interface name after {tries} random tries")
+
+
+def _random_index() -> int:
+    """An ifindex for a new host-side link: random in the upper half of the
+    range, where the kernel's own (counting up from 1) won't be for years."""
+    return 0x40000000 + int.from_bytes(os.urandom(4), "big") % 0x3FFFFFFF
+
+
+def configure_pod_side(pod_netns_fd: int, ifname: str, address: Interface, *, gateway: Any,
+                       routes: Iterable[Any] = (), via: Any = None, index: int = 0) -> None:
+    """Address, up, default route and extra routes on the pod end: one batch
+    (``index``: the pod end's ifindex when known, else it is looked up)."""
+    with Rtnl(socket_in_netns(pod_netns_fd)) as pod:
+        if not index:
+            index = index_of(pod, ifname)
+        reqs = [*msg.link_up(index, ifname, no_ipv6_ll=address.version == 4),
+                msg.addr_add(index, ifname, address)]
+        if gateway is not None:
+            reqs.append(msg.route_add(gateway, oif=index))
+        for net in routes:
+            reqs.append(msg.route_add(via, dst=net, oif=index))
+        pod.check(reqs)
