@@ -31,7 +31,7 @@ from .kinds import DEFAULT_KINDS, KindsArg, flags_of, parse_kinds
 from .members import Members
 from .namespaces import Namespace
 from .namespaces import joined as _joined
-from .net import Attachment, Network, detach_all
+from .net import Attachment, Network, PodNetwork, detach_all
 from .net.shaping import Shaping
 from .spawn import PodProcess, run_process
 from .spec import IdMap, PodSpec
@@ -112,7 +112,7 @@ class Pod:
         self._pid: Optional[int] = None
         self._inodes: dict[str, int] = {}
         self._members: Optional[Members] = None
-        self._nets: list[Attachment] = []  # what each network made for this pod
+        self._net = PodNetwork()  # what the networks made for this pod
 
     # ---- configuration (the spec's) ------------------------------------------
 
@@ -182,9 +182,8 @@ class Pod:
         try:
             for k in spec.kinds:
                 self._inodes[k] = os.fstat(netns).st_ino if k == "net" and netns >= 0 else os.stat(proc + k).st_ino
-            for i, net in enumerate(spec.networks):
-                # Only the first network may give the pod its default route.
-                self._nets.append(net.attach(netns, pid, primary=i == 0))
+            if spec.networks:
+                self._net = PodNetwork.attach(spec.networks, netns, pid)
         finally:
             if netns >= 0:
                 os.close(netns)
@@ -192,7 +191,7 @@ class Pod:
             owner = _proc.owner(pid)
             if owner is None:
                 raise NotRunningError(errno.ESRCH, "the holder exited while the pod was starting")
-            self._nets[0].publish(owner, list(spec.ports))
+            self._net.publish(owner, list(spec.ports))
 
     def _rollback(self) -> None:
         """Undo a half-started pod.  The error that caused it is what the
@@ -251,22 +250,14 @@ class Pod:
         # without one, members outlive the holder: a pod that ended takes them along.
         if self._members is not None:
             self._members.kill_spawned()
-        nets, self._nets = self._nets, []
         if self._holder is not None:
             self._holder.close()
         self._state = "stopped"
         # Host-side objects go by what was recorded, whatever became of the netns.
         if network_out is not None:
-            network_out.extend(reversed(nets))  # stop_all() tears them down in one go
-            return
-        errors = []
-        for att in reversed(nets):
-            try:
-                att.detach()
-            except Exception as e:
-                errors.append(e)
-        if errors:
-            raise errors[0]
+            network_out.extend(self._net.take())  # stop_all() tears them down in one go
+        else:
+            self._net.detach()
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Wait for the holder to exit (it does on SIGTERM/SIGINT, or when
@@ -339,35 +330,25 @@ class Pod:
         shaping = Shaping.parse(delay, jitter, loss, rate)
         with self._lock:
             self._require_running()
-            att = self._attachment(ifname)
+            self._net.find(ifname)  # (a clear error before the namespace is opened)
             with self._namespace("net") as ns:
-                att.shape(shaping, ns.fileno())
-
-    def _attachment(self, ifname: Optional[str]) -> Attachment:
-        if not self._nets:
-            raise ConfigError("the pod has no network to shape; create it with network=nsbox.Veth(...) or nsbox.Bridge(...)")
-        if ifname is None:
-            return self._nets[0]
-        for att in self._nets:
-            if att.ifname == ifname:
-                return att
-        raise ConfigError(f"the pod has no interface {ifname!r}; it has {', '.join(a.ifname for a in self._nets)}")
+                self._net.shape(shaping, ns.fileno(), ifname)
 
     @property
     def address(self) -> Optional[Any]:
         """The pod's primary address (``ipaddress.IPv4Interface`` or
         ``IPv6Interface``): the first network's; None without a network."""
-        return self._nets[0].address if self._nets else None
+        return self._net.address
 
     @property
     def addresses(self) -> dict:
         """``{pod interface name: address}`` for every network of the pod."""
-        return {att.ifname: att.address for att in self._nets}
+        return self._net.addresses
 
     @property
     def host_ifname(self) -> Optional[str]:
         """The name of the pod's (first) link on the host side, or None."""
-        return self._nets[0].host_ifname if self._nets else None
+        return self._net.host_ifname
 
     # ---- namespaces --------------------------------------------------------------
 

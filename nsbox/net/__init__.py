@@ -5,6 +5,7 @@ a pod makes an :class:`Attachment`, which owns what was made and undoes it."""
 from .attachment import Attachment, detach_all
 from .bridge import Bridge
 from .network import Network, network_from_dict
+from .podnet import PodNetwork
 from .veth import Veth
 
-__all__ = ["Veth", "Bridge", "Network", "Attachment", "detach_all", "network_from_dict"]
+__all__ = ["Veth", "Bridge", "Network", "Attachment", "PodNetwork", "detach_all", "network_from_dict"]
