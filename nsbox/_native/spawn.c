@@ -114,9 +114,9 @@ static void *netns_socket_thread(void *arg)
  * namespace of the thread that creates it.  The calling thread enters the
  * namespace, creates the socket and returns, all inside this one call with
  * every signal blocked, so no other code ever runs on it in the wrong
- * namespace (~12 us).  Only when it could not come back (it lacks
- * CAP_SYS_ADMIN over its own namespace, which is checked first) does a
- * helper thread do it instead (~60 us).
+ * namespace (and no thread is made: see docs/performance.md).  Only when it
+ * could not come back (it lacks CAP_SYS_ADMIN over its own namespace, which
+ * is checked first) does a helper thread do it instead.
  */
 int nsbox_socket_in_netns(int nsfd, int domain, int type, int protocol)
 {
