@@ -98,7 +98,7 @@ def nsbox_nft_rules() -> list[str]:
 
 
 def run_state() -> set[str]:
-    from nsbox.net.state import run_dir
+    from nsbox.net.rundir import run_dir
 
     root = run_dir()
     return {str(p) for p in root.rglob("*")} if root.exists() else set()

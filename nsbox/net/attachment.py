@@ -24,7 +24,7 @@ from ..errors import ConfigError, NetworkError
 from . import link
 from . import messages as msg
 from . import rtnl as rt
-from ._names import Interface
+from .validate import Interface
 from .ipam import Lease, Owner
 from .ports import Published
 from .ports import publish as publish_ports

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from ..errors import ConfigError, NetworkError
 from . import messages as msg
 from . import rtnl
-from ._names import check_ifname, check_mac, check_mtu
+from .validate import check_ifname, check_mac, check_mtu
 from .attachment import Attachment, attach
 from .ipam import Ipam, owner_of
 from .link import index_of, link_index

@@ -6,7 +6,7 @@ it): one file per leased address, named after it, holding the owner — the
 pod's holder — as ``PID START_TIME``.  The start time (``/proc/PID/stat``
 field 22) makes the owner check immune to PID reuse: a lease whose holder is
 gone, or whose PID now names another process, is free again.  Every change
-happens under nsbox's state lock (:mod:`nsbox.net.state`).
+happens under nsbox's state lock (:mod:`nsbox.net.rundir`).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 from .._proc import Owner
 from .._proc import owner as owner_of
 from ..errors import NetworkError
-from .state import locked, prune, run_dir
+from .rundir import locked, prune, run_dir
 
 __all__ = ["Ipam", "Lease", "Owner", "owner_of"]
 

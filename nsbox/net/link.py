@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from ..errors import NetworkError
 from . import messages as msg
-from ._names import Interface, random_host_name
+from .validate import Interface, random_host_name
 from .rtnl import HEADER, Rtnl, attributes, socket_in_netns
 
 __all__ = ["PEER_INDEX", "link_index", "index_of", "link_name", "existing", "wait_gone",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from ..errors import ConfigError
-from ._names import Interface
+from .validate import Interface
 from .attachment import Attachment
 from .ipam import Owner
 from .network import Network

@@ -24,8 +24,8 @@ from typing import Any
 
 from ..errors import ConfigError, NetworkError
 from .ipam import Owner, owner_of
-from .state import locked as _locked
-from .state import prune, run_dir
+from .rundir import locked as _locked
+from .rundir import prune, run_dir
 
 __all__ = ["parse_ports", "publish", "Published"]
 

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from ..errors import ConfigError
 from . import rtnl
-from ._names import check_ifname, check_interface, check_mac, check_mtu
+from .validate import check_ifname, check_interface, check_mac, check_mtu
 from .attachment import Attachment, attach
 from .network import NetworkConfig
 from .shaping import Shaping
