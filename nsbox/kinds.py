@@ -26,6 +26,10 @@ def parse_kinds(kinds: KindsArg, *, allow_empty: bool = False) -> tuple[str, ...
     >>> parse_kinds(("uts", "net", "net"))
     ('net', 'uts')
     """
+    if isinstance(kinds, tuple):
+        done = _parsed.get(kinds)
+        if done is not None:
+            return done
     if isinstance(kinds, str):
         names = [kinds]
     else:
@@ -49,7 +53,13 @@ def parse_kinds(kinds: KindsArg, *, allow_empty: bool = False) -> tuple[str, ...
         seen.add(name)
     if not seen and not allow_empty:
         raise KindError(f"no namespace kind given; valid kinds are: {', '.join(KINDS)}")
-    return tuple(k for k in KINDS if k in seen)
+    out = tuple(k for k in KINDS if k in seen)
+    if isinstance(kinds, tuple) and out and len(_parsed) < 512:
+        _parsed[kinds] = out  # pods are made again and again with the same kinds
+    return out
+
+
+_parsed: dict[tuple, tuple[str, ...]] = {}
 
 
 def flags_of(kinds: Iterable[str]) -> int:

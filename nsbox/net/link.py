@@ -120,14 +120,18 @@ def check_unused(rtnl: Rtnl, host_address: Interface, address: Interface) -> Non
             raise answer.error
         for raw in answer.replies:
             _family, dst_len, _src, _tos, _table, _proto, _scope, rtype, _flags = _RTMSG.unpack_from(raw, HEADER.size)
-            oif = attributes(raw, HEADER.size + _RTMSG.size).get(RTA_OIF)
-            link = link_name(rtnl, struct.unpack("=i", oif)[0]) if oif else "another route"
             if rtype == RTN_LOCAL:
-                raise NetworkError(errno.EADDRINUSE, f"address {asked.ip} is already on {link}: "
+                raise NetworkError(errno.EADDRINUSE, f"address {asked.ip} is already on {_route_link(rtnl, raw)}: "
                                    "pick another subnet, or stop the pod (or remove the address) that has it")
             if rtype == RTN_UNICAST and dst_len >= host_address.network.prefixlen:
-                raise NetworkError(errno.EADDRINUSE, f"subnet {host_address.network} is already routed via {link}: "
-                                   "pick another subnet, or stop the pod that has it")
+                raise NetworkError(errno.EADDRINUSE, f"subnet {host_address.network} is already routed via "
+                                   f"{_route_link(rtnl, raw)}: pick another subnet, or stop the pod that has it")
+
+
+def _route_link(rtnl: Rtnl, raw: bytes) -> str:
+    """The name of the link a route reply goes out of (a lookup: only for messages)."""
+    oif = attributes(raw, HEADER.size + _RTMSG.size).get(RTA_OIF)
+    return link_name(rtnl, struct.unpack("=i", oif)[0]) if oif else "another route"
 
 
 # ---- a pod's veth pair ---------------------------------------------------------------

@@ -39,6 +39,7 @@ NLMSGERR_ATTR_MSG = 1
 _TIMEOUT = 10.0  # seconds: the kernel answers at once, or something is badly wrong
 HEADER = struct.Struct("=IHHII")  # struct nlmsghdr: length, type, flags, seq, pid
 _RECV_BUF = 1 << 16  # answers are acks, single links and routes (< 2 kB each), one per datagram
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # (an IntFlag: its & costs a Python call per answer)
 
 
 class Request:
@@ -257,7 +258,7 @@ class Rtnl:
                 # Into a buffer kept per socket: recvfrom(1 MB) would allocate
                 # (mmap and fault in) a fresh megabyte per answer.
                 n, _anc, flags, (sender, _groups) = self.sock.recvmsg_into([self._buf], 0, socket.MSG_DONTWAIT)
-                if flags & socket.MSG_TRUNC:
+                if flags & _MSG_TRUNC:
                     raise NetworkError(errno.EMSGSIZE, "an answer from the kernel did not fit the receive buffer")
                 return bytes(self._buf[:n]), sender
             except BlockingIOError:
