@@ -408,8 +408,13 @@ def bench_memory(count: int) -> dict:
             time.sleep(0.2)
             out[label] = round(sum(tree_pss(p.pid) for p in procs) / count, 1)
             for p in procs:
-                p.kill()
-                p.wait()
+                p.terminate()  # (SIGKILL would leave tini's sleep behind, orphaned)
+            for p in procs:
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
     if pause:
         shutil.rmtree(os.path.dirname(pause), ignore_errors=True)
     # independent of the creator's memory: a creator holding 200 MB

@@ -99,6 +99,19 @@ class Holder:
     def alive(self) -> bool:
         return self.pidfd >= 0 and self.returncode is None and _syscalls.pid_is_alive(self.pidfd)
 
+    def reaped_elsewhere(self) -> bool:
+        """True once the holder was reaped by someone else's ``waitpid(-1)``:
+        its PID may then name another process."""
+        if self.returncode is not None:
+            return self.returncode == -1
+        if self.pidfd < 0 or _syscalls.pid_is_alive(self.pidfd):
+            return False
+        try:
+            os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return False
+
     def signal(self, sig: int) -> None:
         if self.pidfd >= 0 and self.returncode is None:
             _syscalls.signal_quietly(self.pidfd, sig)

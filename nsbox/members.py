@@ -11,19 +11,24 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Optional
+from collections.abc import Sequence
+from typing import Callable, Optional
 
 from . import _proc, _syscalls
 from .spawn import PodProcess
 
-__all__ = ["Members"]
+__all__ = ["Members", "terminate_all"]
 
 
 class Members:
     """The processes of one pod, apart from its holder."""
 
-    def __init__(self, holder_pid: int, kinds: tuple[str, ...], inodes: dict[str, int]):
+    def __init__(self, holder_pid: int, kinds: tuple[str, ...], inodes: dict[str, int],
+                 holder_reaped_elsewhere: Callable[[], bool] = lambda: False):
         self.holder_pid = holder_pid
+        # Once someone else's waitpid(-1) reaped the holder, its PID may name
+        # another process: its children are then not looked for.
+        self.holder_reaped_elsewhere = holder_reaped_elsewhere
         self.kinds = kinds
         self.inodes = inodes  # the pod's namespaces: kind -> inode
         self.spawned: list[PodProcess] = []
@@ -44,24 +49,14 @@ class Members:
         """SIGTERM to every member; wait until ``deadline`` for them to exit.
         Without a PID namespace (where the holder's exit kills nobody) the
         ones still running then get SIGKILL."""
+        terminate_all([self], deadline)
+
+    def signal_all(self, sig: int) -> list[int]:
+        """Send ``sig`` to every member found; return their pidfds (close them)."""
         fds = self._open_all()
-        try:
-            for fd in fds:
-                _syscalls.signal_quietly(fd, signal.SIGTERM)
-            pending = list(fds)
-            while pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                done = _syscalls.wait_any(pending, min(left, 0.05))
-                self.reap()
-                pending = [fd for fd in pending if fd not in done]
-            if "pid" not in self.kinds:
-                for fd in pending:
-                    _syscalls.signal_quietly(fd, signal.SIGKILL)
-        finally:
-            for fd in fds:
-                os.close(fd)
+        for fd in fds:
+            _syscalls.signal_quietly(fd, sig)
+        return fds
 
     def kill_spawned(self) -> None:
         """SIGKILL and reap every spawned member still running (a pod without
@@ -102,7 +97,8 @@ class Members:
         inode = self.inodes.get(kind)
         spawned = {p.pid: p for p in self.spawned if p.returncode is None}
         candidates: dict[int, int] = {}  # pid -> the parent it was found under
-        stack: list[tuple[int, int]] = [(self.holder_pid, 0)] + [(pid, 0) for pid in spawned]
+        roots = list(spawned) if self.holder_reaped_elsewhere() else [self.holder_pid, *spawned]
+        stack: list[tuple[int, int]] = [(pid, 0) for pid in roots]
         while stack:
             pid, parent = stack.pop()
             if pid in candidates:
@@ -114,7 +110,9 @@ class Members:
                 candidates.setdefault(pid, 0)
         fds: list[int] = []
         for pid, parent in candidates.items():
-            if pid == self.holder_pid:
+            # Not the holder; not this process either (its main thread may be
+            # inside the pod's namespaces: joined(), join()).
+            if pid in (self.holder_pid, os.getpid()):
                 continue
             if pid in spawned:
                 fd = spawned[pid].dup_pidfd()  # ours and unreaped: no reuse possible
@@ -139,3 +137,31 @@ def _open_if_still(pid: int, parent: int, kind: str, inode: Optional[int]) -> in
         return fd
     os.close(fd)
     return -1
+
+
+def terminate_all(pods: Sequence[Members], deadline: float) -> None:
+    """:meth:`Members.terminate` for several pods at once: every member of
+    every pod gets SIGTERM first, then all are given until ``deadline``
+    together (a stubborn member of one pod must not eat the grace period of
+    the next)."""
+    signalled = [(m, m.signal_all(signal.SIGTERM)) for m in pods]
+    try:
+        pending = [fd for _, fds in signalled for fd in fds]
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            done = set(_syscalls.wait_any(pending, min(left, 0.05)))
+            for m, _ in signalled:
+                m.reap()
+            pending = [fd for fd in pending if fd not in done]
+        still = set(pending)
+        for m, fds in signalled:
+            if "pid" not in m.kinds:  # the holder's exit kills nobody: we must
+                for fd in fds:
+                    if fd in still:
+                        _syscalls.signal_quietly(fd, signal.SIGKILL)
+    finally:
+        for _, fds in signalled:
+            for fd in fds:
+                os.close(fd)

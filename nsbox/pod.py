@@ -28,7 +28,7 @@ from . import _proc, _syscalls
 from .errors import ConfigError, NotRunningError
 from .holder import Holder
 from .kinds import DEFAULT_KINDS, KindsArg, flags_of, parse_kinds
-from .members import Members
+from .members import Members, terminate_all
 from .namespaces import Namespace
 from .namespaces import joined as _joined
 from .net import Attachment, Network, PodNetwork, detach_all
@@ -176,7 +176,8 @@ class Pod:
         published ports.  (The holder is our unreaped child: its PID cannot
         be reused meanwhile.)"""
         spec = self.spec
-        self._members = Members(pid, spec.kinds, self._inodes)
+        assert self._holder is not None
+        self._members = Members(pid, spec.kinds, self._inodes, self._holder.reaped_elsewhere)
         proc = f"/proc/{pid}/ns/"
         netns = os.open(proc + "net", os.O_RDONLY | os.O_CLOEXEC) if spec.networks else -1
         try:
@@ -223,14 +224,20 @@ class Pod:
     def _begin_stop(self, deadline: float) -> bool:
         """Members get SIGTERM (SIGKILL at ``deadline``), then the holder is
         told to exit.  False if there is nothing to stop.  (Lock held.)"""
-        if self._state != "running":
-            self._state = "stopped"
+        if not self._stoppable():
             return False
         assert self._holder is not None and self._members is not None
         # Members first, even if the holder is already gone (without a PID
         # namespace its death does not take them along).
         self._members.terminate(deadline)
         self._holder.signal(signal.SIGTERM)
+        return True
+
+    def _stoppable(self) -> bool:
+        """True if running; a pod never started is stopped now.  (Lock held.)"""
+        if self._state != "running":
+            self._state = "stopped"
+            return False
         return True
 
     def _end_stop(self, network_out: Optional[list]) -> None:
@@ -468,20 +475,33 @@ def stop_all(pods: Iterable[Pod], timeout: float = 10.0) -> list[Optional[int]]:
     deadline = time.monotonic() + timeout
     detached: list[Attachment] = []
     started: list[Pod] = []
+    done = False
     try:
-        # Every holder is told to exit before any is waited for.
         for pod in sorted({id(p): p for p in pods}.values(), key=lambda p: p._order):
             pod._lock.acquire()
             started.append(pod)
-            if not pod._begin_stop(deadline):
+            if not pod._stoppable():
                 pod._lock.release()
                 started.pop()
+        # Every member of every pod gets SIGTERM and the grace period at
+        # once; then every holder is told to exit before any is waited for.
+        terminate_all([pod._members for pod in started if pod._members is not None], deadline)
+        for pod in started:
+            assert pod._holder is not None
+            pod._holder.signal(signal.SIGTERM)
         for pod in started:
             pod._end_stop(detached)
+        done = True
     finally:
         for pod in started:
             pod._lock.release()
-    detach_all(detached)
+        # Also after an exception (which stays the one raised): what the
+        # pods stopped so far made goes.
+        try:
+            detach_all(detached)
+        except Exception:
+            if done:
+                raise
     return [pod.returncode for pod in pods]
 
 

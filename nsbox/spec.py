@@ -82,6 +82,11 @@ class PodSpec:
 
     def __post_init__(self) -> None:
         kinds = parse_kinds(self.kinds)
+        for name in ("networks", "ports"):
+            if not isinstance(getattr(self, name), (tuple, list)):
+                raise ConfigError(f"{name} must be a tuple, not {type(getattr(self, name)).__name__}")
+        if self.mount_proc is not None and not isinstance(self.mount_proc, bool):
+            raise ConfigError(f"mount_proc must be True, False or None, not {self.mount_proc!r}")
         if "time" in kinds:
             raise UnsupportedError(
                 "the 'time' kind is not supported for pods: a new time namespace applies only to "
@@ -104,7 +109,11 @@ class PodSpec:
         if ports:
             if not networks:
                 raise ConfigError("ports= needs a network (network=nsbox.Bridge(...) or nsbox.Veth(...))")
-            ports = tuple(parse_ports({f"{host}/{proto}": pod for proto, host, pod in ports}))
+            try:
+                as_mapping = {f"{host}/{proto}": pod for proto, host, pod in ports}
+            except (TypeError, ValueError):
+                raise ConfigError(f"ports must be (protocol, host port, pod port) triples, not {ports!r}") from None
+            ports = tuple(parse_ports(as_mapping))
             networks[0].check_publishable()
         for name, value in (("kinds", kinds), ("hostname", _check_hostname(self.hostname, kinds)),
                             ("mount_proc", bool(mount_proc)), ("uid_map", uid_map), ("gid_map", gid_map),
@@ -144,15 +153,17 @@ class PodSpec:
         if unknown:
             raise ConfigError(f"unknown pod spec field(s): {', '.join(unknown)}")
         nets = data.get("networks") or []
-        if not isinstance(nets, list):
-            raise ConfigError("pod spec field 'networks' must be a list")
         ports = data.get("ports") or []
-        try:
-            port_tuples = tuple((str(p[0]), int(p[1]), int(p[2])) for p in ports)
-        except (TypeError, ValueError, IndexError):
-            raise ConfigError(f"pod spec field 'ports' must be a list of [protocol, host port, pod port], not {ports!r}") from None
+        kinds = data.get("kinds", DEFAULT_KINDS)
+        for name, value in (("networks", nets), ("ports", ports), ("kinds", kinds)):
+            if not isinstance(value, list) and not (name == "kinds" and isinstance(value, tuple)):
+                raise ConfigError(f"pod spec field {name!r} must be a list, not {value!r}")
+        if not all(isinstance(p, list) and len(p) == 3 and isinstance(p[0], str)
+                   and all(isinstance(n, int) and not isinstance(n, bool) for n in p[1:]) for p in ports):
+            raise ConfigError(f"pod spec field 'ports' must be a list of [protocol, host port, pod port], not {ports!r}")
+        port_tuples = tuple((p[0], p[1], p[2]) for p in ports)
         return cls(
-            kinds=tuple(data.get("kinds", DEFAULT_KINDS)),
+            kinds=tuple(kinds),
             hostname=data.get("hostname"),
             mount_proc=data.get("mount_proc"),
             uid_map=data.get("uid_map"),
@@ -223,7 +234,7 @@ def _format_id_map(name: str, value: Optional[IdMap], own_id: int) -> str:
             inside, outside, count = (int(x) for x in entry)
         except (TypeError, ValueError):
             raise ConfigError(f"{name}: each entry must be 'inside outside count' integers, got {entry!r}") from None
-        if min(inside, outside) < 0 or count <= 0 or max(inside, outside) + count > 2**32:
+        if min(inside, outside) < 0 or count <= 0 or max(inside, outside) + count >= 2**32:  # (ids are u32; -1 is none)
             raise ConfigError(f"{name}: entry {entry!r} is out of range")
         out.append(f"{inside} {outside} {count}")
     return "\n".join(out) + "\n"

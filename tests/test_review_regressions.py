@@ -360,3 +360,233 @@ def test_changing_credentials_leaves_the_caller_dumpable():
     """))
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "65534", "True"]
+
+
+# ---- issue 8: defects a second review found in the change (each test failed before its fix) ----
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from nsbox import _clone  # noqa: E402
+
+NATIVE = Path(__file__).resolve().parent.parent / "nsbox" / "_native"  # the sources
+PF_FORKNOEXEC = 0x40
+
+
+def _flags(pid: int) -> tuple[str, int]:
+    data = Path(f"/proc/{pid}/stat").read_bytes()
+    fields = data.rsplit(b")", 1)[1].split()
+    return fields[0].decode(), int(fields[6])
+
+
+# ---- F1: child_exec_state() reads minflt instead of flags ---------------------------
+
+
+def test_f1_child_exec_state_parses_the_flags_field(tmp_path):
+    """spawn.c child_exec_state() skips 6 fields after the state, landing on
+    minflt (field 10) instead of flags (field 9).  A forked, not yet exec'd
+    process (PF_FORKNOEXEC set) whose minflt has bit 6 clear is called
+    EXEC_DONE."""
+    src = tmp_path / "t.c"
+    src.write_text(textwrap.dedent(f"""
+        #include "{NATIVE}/spawn.c"
+        int main(void) {{
+            int p[2]; char c;
+            pipe(p);
+            pid_t pid = fork();
+            if (pid == 0) {{
+                /* fault pages until minflt has bit 6 clear, then wait */
+                static char mem[1 << 22];
+                for (int i = 0; ; i++) {{
+                    char b[512]; int fd = open("/proc/self/stat", O_RDONLY);
+                    int n = read(fd, b, sizeof b - 1); close(fd); b[n] = 0;
+                    char *q = strrchr(b, ')') + 2; unsigned long v = 0;
+                    for (int f = 0; f < 8; f++) q = strchr(q, ' ') + 1;  /* -> minflt */
+                    v = strtoul(q, NULL, 10);
+                    if (!(v & 0x40)) break;
+                    mem[(i * 4096) % sizeof mem] = 1;
+                }}
+                write(p[1], "x", 1);
+                for (;;) pause();
+            }}
+            read(p[0], &c, 1);
+            int st = child_exec_state(pid);
+            kill(pid, 9); waitpid(pid, 0, 0);
+            printf("%d\\n", st);
+            return 0;
+        }}
+    """))
+    exe = tmp_path / "t"
+    subprocess.run(["cc", f"-I{NATIVE}", "-o", str(exe), str(src), "-lpthread"], check=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.strip()
+    assert out == "0", f"a forked, not exec'd child was classified as {out} (0=NOT_YET, 1=DONE)"
+
+
+def test_f1_finish_returns_before_exec_and_unmaps_a_live_childs_stack():
+    """Library level: a child that is slow to exec (here: stopped, as a
+    loaded machine may deschedule it for > 50 ms) is reported exec'd by
+    nsbox_spawn_finish(), which then munmaps the stack the CLONE_VM child
+    is still running on: it dies of SIGSEGV once it runs again, and Python
+    was told the spawn succeeded."""
+    for _ in range(200):
+        p = _clone.PendingSpawn(_clone.SpawnRequest(exec_paths=[b"/bin/true"], argv=[b"true"], share_fds=False))
+        try:
+            os.kill(p.pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+        # Wait until it is stopped (or done).
+        for _ in range(1000):
+            state, flags = _flags(p.pid)
+            if state in "TtZ":
+                break
+            time.sleep(0.001)
+        if state == "T" and flags & PF_FORKNOEXEC:
+            break  # stopped before its exec: the scenario
+        os.kill(p.pid, signal.SIGCONT)
+        pid, pidfd = p.finish()
+        os.waitpid(pid, 0)
+        os.close(pidfd)
+    else:
+        pytest.skip("could not stop a child before its exec")
+    import threading
+
+    resume = threading.Timer(0.3, os.kill, (p.pid, signal.SIGCONT))  # it execs once it runs again
+    resume.start()
+    try:
+        pid, pidfd = p.finish()  # must wait for the exec (or report a failure)
+        state, flags = _flags(pid)
+        returned_before_exec = bool(flags & PF_FORKNOEXEC)
+    finally:
+        resume.join()
+    _, status = os.waitpid(pid, 0)
+    os.close(pidfd)
+    code = os.waitstatus_to_exitcode(status)
+    assert not returned_before_exec and code == 0, (
+        f"finish() returned success before the child's exec (child then exited with {code})")
+
+
+# ---- F2: stop_all() gives the members of every pod but the first no grace ---------
+
+
+def test_f2_stop_all_gives_every_pods_members_the_grace_period(tmp_path):
+    """stop_all() calls _begin_stop() -> Members.terminate(deadline) pod after
+    pod: terminate() *waits* until the shared deadline for that pod's
+    members, so when a member of the first pod ignores SIGTERM, the next
+    pod's members get SIGTERM only at the deadline, and the holder's
+    SIGTERM right after kills them (the PID namespace dies): no grace."""
+    stubborn_pod = nsbox.Pod().start()
+    polite_pod = nsbox.Pod().start()
+    done = tmp_path / "cleaned-up"
+    try:
+        stubborn = stubborn_pod.spawn(["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"],
+                                      stdout=subprocess.PIPE)
+        polite = polite_pod.spawn(["sh", "-c", f"trap 'echo bye > {done}; exit 0' TERM; echo ready; "
+                                               "while :; do sleep 0.05; done"], stdout=subprocess.PIPE)
+        assert stubborn.stdout.readline() == b"ready\n" and polite.stdout.readline() == b"ready\n"
+        order = sorted([stubborn_pod, polite_pod], key=lambda p: p._order)
+        assert order[0] is stubborn_pod
+        t0 = time.monotonic()
+        nsbox.stop_all([stubborn_pod, polite_pod], timeout=1.5)
+        took = time.monotonic() - t0
+    finally:
+        stubborn_pod.stop(timeout=0)
+        polite_pod.stop(timeout=0)
+        for p in (stubborn, polite):
+            p.stdout.close()
+    assert polite.returncode == 0 and done.exists(), (
+        f"the polite member was killed (returncode {polite.returncode}) after {took:.2f}s, "
+        "its SIGTERM came only at the deadline")
+
+
+# ---- F3: stopping a pod without a PID namespace signals the caller itself -------------
+
+
+def test_f3_stop_while_the_main_thread_is_joined_does_not_kill_the_caller():
+    """Members._open_all() adds every process whose /proc/PID/ns/<kind> is
+    the pod's (no PID namespace).  That link shows the *main thread's*
+    namespace: while the main thread is inside pod.joined("net") (or
+    nsbox.join), the caller's own PID matches and stop() SIGTERMs (and after
+    the timeout SIGKILLs) its own process."""
+    script = textwrap.dedent("""
+        import nsbox, sys
+        pod = nsbox.Pod(kinds=("net", "uts")).start()
+        with pod.joined("net"):
+            pod.stop(timeout=1)
+        print("survived", flush=True)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd="/")
+    assert r.returncode == 0 and "survived" in r.stdout, f"caller died: rc={r.returncode} {r.stderr[-500:]}"
+
+
+# ---- F4: without close_range the CLONE_VM child writes the caller's errno -------------
+
+_ERRNO_NO_CLOSE_RANGE = """
+import ctypes, os, signal, struct, time
+libc = ctypes.CDLL(None, use_errno=True)
+insns = [(0x20, 0, 0, 0), (0x15, 0, 1, 436), (0x06, 0, 0, 0x00050000 | 38), (0x06, 0, 0, 0x7FFF0000)]
+buf = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *i) for i in insns))
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+prog = Fprog(len(insns), ctypes.addressof(buf))
+assert libc.prctl(38, 1, 0, 0, 0) == 0
+assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0
+from nsbox import holder
+libc.__errno_location.restype = ctypes.POINTER(ctypes.c_int)
+mine = libc.__errno_location()
+changed = []
+for _ in range(50):
+    pending = holder.begin_holder(("pid", "uts"))
+    mine[0] = 0
+    time.sleep(0.005)
+    if mine[0]:
+        changed.append(mine[0])
+    pid, pidfd = pending.finish()
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(pidfd)
+print(sorted(set(changed)))
+"""
+
+
+def test_f4_a_holder_starting_without_close_range_does_not_touch_the_callers_errno():
+    """The child's failed close_range() calls (ENOSYS before Linux 5.9, or
+    EPERM under seccomp: the kernel floor is 5.8) set errno, which for a
+    CLONE_VM child without its own TLS is the *calling thread's*, while that
+    thread runs Python (begin/finish).  Same defect as the one fixed for
+    rt_sigaction, on the fallback path."""
+    r = subprocess.run([sys.executable, "-c", _ERRNO_NO_CLOSE_RANGE], capture_output=True, text=True,
+                       timeout=60, cwd="/")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", f"errno of the caller's thread was set to {r.stdout.strip()}"
+
+
+# ---- F5: PodSpec validation lets Python errors through --------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nsbox.PodSpec.from_dict({"kinds": None}),
+    lambda: nsbox.PodSpec.from_dict({"kinds": 5}),
+    lambda: nsbox.PodSpec.from_json('{"ports": [["tcp", 1e400, 80]], "networks": [{"type": "veth", '
+                                    '"address": "10.240.0.2/24", "host_address": "10.240.0.1/24"}]}'),
+    lambda: nsbox.PodSpec(networks=None),
+    lambda: nsbox.PodSpec(ports=None),
+], ids=["kinds-null", "kinds-int", "port-infinity", "networks-None", "ports-None"])
+def test_f5_bad_spec_input_gives_a_config_error(make):
+    with pytest.raises(nsbox.NsboxError):
+        make()
+
+
+def test_f5_mount_proc_must_be_a_bool():
+    """from_dict takes any truthy value as mount_proc: "false" turns it on."""
+    with pytest.raises(nsbox.ConfigError):
+        nsbox.PodSpec.from_dict({"kinds": ["mnt", "pid"], "mount_proc": "false"})
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nsbox.Pod(network=nsbox.Veth("10.240.0.2/24", "10.240.0.1/24"), ports={80.7: 80}),
+    lambda: nsbox.PodSpec(kinds=("user",), uid_map="0 0 4294967296"),
+    lambda: nsbox.PodSpec(networks=(nsbox.Veth("10.240.0.2/24", "10.240.0.1/24"),), ports=(("tcp", 80),)),
+], ids=["float-port", "id-map-past-u32", "port-not-a-triple"])
+def test_more_bad_spec_input_gives_a_config_error(make):
+    with pytest.raises(nsbox.ConfigError):
+        make()

@@ -92,12 +92,17 @@ static int nsbox_close_listed_fds(const int *a, int na, const int *b, int nb)
 }
 
 /*
- * Close every fd >= 3 except those in a[] and b[] (each sorted ascending).
- * Returns 0, or -1 with errno when the fds could not be closed.
+ * Close every fd >= 3 except those in a[] and b[] (each sorted ascending),
+ * with close_range() if use_close_range (falling back on its failure), else
+ * from the listing.  Returns 0, or -1 with errno when the fds could not be
+ * closed.
  */
-static int nsbox_close_fds_except(const int *a, int na, const int *b, int nb)
+static int nsbox_close_fds_except(const int *a, int na, const int *b, int nb, int use_close_range)
 {
 	int i = 0, j = 0, next = 3;
+
+	if (!use_close_range)
+		return nsbox_close_listed_fds(a, na, b, nb);
 
 	while (i < na || j < nb) {
 		int k;

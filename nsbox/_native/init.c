@@ -85,7 +85,7 @@ static void close_inherited_fds(int keep_a, int keep_b)
 		keep[0] = keep[1];
 		keep[1] = t;
 	}
-	if (nsbox_close_fds_except(keep, n, NULL, 0) < 0)
+	if (nsbox_close_fds_except(keep, n, NULL, 0, 1) < 0)
 		perror("nsbox-init: warning: failed to close inherited fds");
 }
 

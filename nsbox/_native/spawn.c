@@ -66,6 +66,7 @@ struct spawn_ctx {
 	int sync_rd;       /* parent -> child "maps written", or -1 */
 	int sync_wr;       /* the parent's end: the child must close its copy */
 	int keep_below;    /* every fd the child needs is below this */
+	int close_range;   /* close_range(2) works here: see "errno" below */
 	int join_fd;       /* r->join_pidfd, or a low duplicate of it */
 	int extra_fd_src;  /* r->extra_fd_src, or a low duplicate of it */
 };
@@ -173,6 +174,8 @@ int nsbox_socket_in_netns(int nsfd, int domain, int type, int protocol)
  * os.listdir() in the caller then sees a readdir() error that never was).
  * On a failure path it writes errno and exits; the caller then gets that
  * failure from nsbox_spawn_finish(), which supersedes whatever it was doing.
+ * (So the parent finds out whether close_range() works, and the child never
+ * tries a call that may fail merely to learn it.)
  * (nsbox_spawn() itself waits for the exec: its PATH search may fail freely.)
  */
 
@@ -268,9 +271,12 @@ static int child_main(void *arg)
 	 * any fd, then tell the parent, which may then close its ends.
 	 */
 	if (r->share_fds) {
-		if (syscall(SYS_close_range, (unsigned int)ctx->keep_below, ~0U, CLOSE_RANGE_UNSHARE) < 0 &&
-			unshare(CLONE_FILES) < 0)
+		if (ctx->close_range) {
+			if (syscall(SYS_close_range, (unsigned int)ctx->keep_below, ~0U, CLOSE_RANGE_UNSHARE) < 0)
+				child_fail(st, NSBOX_STAGE_UNSHARE_FD_TABLE, errno);
+		} else if (unshare(CLONE_FILES) < 0) {
 			child_fail(st, NSBOX_STAGE_UNSHARE_FD_TABLE, errno);
+		}
 		while (write(st, "U", 1) < 0 && errno == EINTR)
 			;
 	}
@@ -353,7 +359,7 @@ static int child_main(void *arg)
 		if (r->keep_fds[i] >= 3 && fcntl(r->keep_fds[i], F_SETFD, 0) < 0)
 			child_fail(st, NSBOX_STAGE_PASS_FDS, errno);
 	sort_fds(extras, n_extras);
-	if (nsbox_close_fds_except(r->keep_fds, r->n_keep, extras, n_extras) < 0)
+	if (nsbox_close_fds_except(r->keep_fds, r->n_keep, extras, n_extras, ctx->close_range) < 0)
 		child_fail(st, NSBOX_STAGE_CLOSE_FDS, errno);
 
 	if (r->cwd && chdir(r->cwd) < 0)
@@ -562,6 +568,10 @@ static int do_spawn_begin(const struct nsbox_spawn_req *r, struct nsbox_spawn_re
 		goto out;
 	}
 	ctx->keep_below = keep_below(r, ctx, status[1], sync);
+	/* Whether close_range() works (Linux >= 5.9, no seccomp filter against
+	 * it) is found out here, where a failed call may write errno: in the
+	 * child, a call that fails on the success path is not allowed. */
+	ctx->close_range = syscall(SYS_close_range, ~0U - 1, ~0U - 1, 0) == 0;
 	pid = clone(child_main, (char *)stack + CHILD_STACK_SIZE,
 			(share_vm ? CLONE_VM : 0) | (r->share_fds ? CLONE_FILES : 0) | CLONE_PIDFD |
 			r->new_flags | SIGCHLD,
@@ -718,9 +728,9 @@ static enum exec_state child_exec_state(pid_t pid)
 	if (!p || p[1] != ' ' || !p[2])
 		return EXEC_UNKNOWN;
 	state = p[2];
-	/* After the state: ppid pgrp session tty_nr tpgid flags */
+	/* p + 3 is the space before ppid; flags follow ppid pgrp session tty_nr tpgid */
 	p += 3;
-	for (field = 0; field < 6 && p; field++)
+	for (field = 0; field < 5 && p; field++)
 		p = strchr(p + 1, ' ');
 	if (!p)
 		return EXEC_UNKNOWN;
@@ -739,7 +749,7 @@ static enum exec_state child_exec_state(pid_t pid)
  * until it execs or exits (a multiprocessing worker: forever), and EOF never
  * comes.  So every 50 ms, look at the child itself.
  */
-static enum exec_state wait_for_status(int status_rd, pid_t pid, int shares_vm)
+static enum exec_state wait_for_status(int status_rd, pid_t pid, int pidfd, int shares_vm)
 {
 	struct pollfd pfd = {status_rd, POLLIN, 0};
 
@@ -747,13 +757,23 @@ static enum exec_state wait_for_status(int status_rd, pid_t pid, int shares_vm)
 		enum exec_state st;
 		int n = poll(&pfd, 1, 50);
 
+		if (n < 0 && errno == EINTR)
+			continue;
 		if (n != 0)
 			return EXEC_NOT_YET;  /* readable (or a poll error: let read() tell) */
 		st = child_exec_state(pid);
-		if (st == EXEC_UNKNOWN && shares_vm) {
-			/* No /proc: does it still share our memory?  After exec it has its own. */
-			n = (int)syscall(SYS_kcmp, getpid(), pid, KCMP_VM, 0, 0);
-			st = n > 0 ? EXEC_DONE : EXEC_NOT_YET;
+		if (st == EXEC_UNKNOWN) {
+			struct pollfd gone = {pidfd, POLLIN, 0};
+
+			if (poll(&gone, 1, 0) > 0) {
+				/* Exited and reaped by someone else's waitpid(-1), with no
+				 * word on the pipe: whatever it did, it is gone. */
+				st = EXEC_DIED;
+			} else if (shares_vm) {
+				/* No /proc: does it still share our memory?  After exec it has its own. */
+				n = (int)syscall(SYS_kcmp, getpid(), pid, KCMP_VM, 0, 0);
+				st = n > 0 ? EXEC_DONE : EXEC_NOT_YET;
+			}
 		}
 		if (st == EXEC_DONE || st == EXEC_DIED) {
 			/* A record may have raced in just before: read it. */
@@ -777,7 +797,7 @@ int nsbox_spawn_finish(struct nsbox_spawn_pending *p, struct nsbox_spawn_result 
 	}
 	/* EOF: exec done (the pipe is close-on-exec); else an error record. */
 	for (;;) {
-		st = wait_for_status(p->status_rd, p->pid, p->stack != NULL);
+		st = wait_for_status(p->status_rd, p->pid, p->pidfd, p->stack != NULL);
 		if (st != EXEC_NOT_YET) {
 			n = 0;  /* no news on the pipe: its write end lives on elsewhere */
 			break;

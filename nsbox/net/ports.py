@@ -63,7 +63,7 @@ def parse_ports(ports: Any) -> list[tuple[str, int, int]]:
 
 def _port(value: Any, what: str) -> int:
     try:
-        port = int(value) if not isinstance(value, bool) else -1
+        port = -1 if isinstance(value, (bool, float)) else int(value)  # (a float would be cut short)
     except (TypeError, ValueError):
         port = -1
     if not 1 <= port <= 65535:
