@@ -371,8 +371,10 @@ static int child_main(void *arg)
 	if (r->pgid >= 0 && setpgid(0, r->pgid) < 0)
 		child_fail(st, NSBOX_STAGE_SETPGID, errno);
 	/*
-	 * Raw system calls: glibc's wrappers broadcast the change to every
-	 * thread of the *parent* (whose memory we share) with signals.
+	 * Raw system calls: glibc's wrappers broadcast the change with signals
+	 * to every thread they believe this process has -- the parent's, whose
+	 * memory (or a copy of it: a child that changes credentials is cloned
+	 * without CLONE_VM) we run on.
 	 */
 	if (r->n_groups >= 0 && syscall(SYS_setgroups, (size_t)r->n_groups, (const gid_t *)r->groups) < 0)
 		child_fail(st, NSBOX_STAGE_SETGROUPS, errno);
