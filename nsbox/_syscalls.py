@@ -20,7 +20,7 @@ __all__ = [
     "KERNEL_FLOOR", "require_kernel",
     "CLONE_NEW", "CLONE_FS", "Stage",
     "pidfd_open", "pidfd_send_signal", "setns", "unshare", "socket_in_netns", "park", "close_parked",
-    "signal_quietly", "pid_is_alive", "wait_any",
+    "signal_quietly", "fd_readable", "pid_is_alive", "wait_any",
 ]
 
 # Namespace kind -> its CLONE_NEW* flag, from the kernel headers nsbox was built against.
@@ -147,6 +147,13 @@ def signal_quietly(pidfd: int, sig: int) -> None:
         pidfd_send_signal(pidfd, sig)
     except ProcessLookupError:
         pass
+
+
+def fd_readable(fd: int) -> bool:
+    """True if ``fd`` polls readable (or hung up) right now."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
 
 
 def pid_is_alive(pidfd: int) -> bool:

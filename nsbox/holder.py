@@ -29,6 +29,7 @@ __all__ = ["INIT_PATH", "Holder", "start_holder", "begin_holder", "creator_pidfd
 INIT_PATH = Path(__file__).resolve().parent / "_native" / "nsbox-init"
 
 _CREATOR_FD = 3
+_LIFELINE_FD = 4
 
 _creator_lock = threading.Lock()
 _creator: Optional[tuple[int, int]] = None  # (pid, pidfd of this process)
@@ -67,21 +68,38 @@ class Holder:
     (:func:`nsbox.errors.failure_error`), with nothing left behind.
     """
 
-    def __init__(self, pending: _clone.PendingSpawn, kinds: tuple[str, ...]):
+    def __init__(self, pending: _clone.PendingSpawn, kinds: tuple[str, ...], lifeline: int = -1):
         self._pending: Optional[_clone.PendingSpawn] = pending
         self.kinds = kinds
         self.pid: int = pending.pid
         self.pidfd = -1  # parked, once exec'd
+        # The read end of a pipe whose only write end the holder holds: it
+        # reports EOF as soon as the holder starts to exit (see init.c -l).
+        self.lifeline = lifeline
         self.returncode: Optional[int] = None
 
     @classmethod
     def begin(cls, kinds: tuple[str, ...], **options: Any) -> "Holder":
         """Clone the holder in new ``kinds`` namespaces (``options``: those of
         :func:`begin_holder`) and return at once."""
+        rd, wr = os.pipe2(os.O_CLOEXEC)
         try:
-            return cls(begin_holder(kinds, **options), kinds)
+            pending = begin_holder(kinds, lifeline=wr, **options)
         except _clone.SpawnFailed as f:
+            os.close(rd)
             raise failure_error(Failure("start", f.stage.name, f.errno, kinds=kinds)) from None
+        except BaseException:
+            os.close(rd)
+            raise
+        finally:
+            os.close(wr)  # (the holder has its own copy by now)
+        return cls(pending, kinds, _syscalls.park(rd))
+
+    def exiting(self) -> bool:
+        """True once the holder has started to exit (or has exited)."""
+        if self.lifeline < 0:
+            return not self.alive
+        return _syscalls.fd_readable(self.lifeline)
 
     def finish(self) -> None:
         """Wait until the holder has exec'd.  If a step before its exec
@@ -162,10 +180,13 @@ class Holder:
         self.reap(None, list, lambda: None)
 
     def close(self) -> None:
-        """Close the pidfd (once reaped: the PID may then name another process)."""
-        if self.pidfd >= 0:
-            fd, self.pidfd = self.pidfd, -1
-            _syscalls.close_parked(fd)
+        """Close the pidfd (once reaped: the PID may then name another
+        process) and the lifeline."""
+        for name in ("pidfd", "lifeline"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                setattr(self, name, -1)
+                _syscalls.close_parked(fd)
 
 
 def start_holder(kinds: tuple[str, ...], **options: Any) -> tuple[int, int]:
@@ -185,23 +206,27 @@ def begin_holder(
     uid_map: Optional[str] = None,
     gid_map: Optional[str] = None,
     verbose: bool = False,
+    lifeline: int = -1,
 ) -> _clone.PendingSpawn:
     """Clone the holder in new ``kinds`` namespaces and return at once: its
     namespaces exist (a netns can be wired) while it sets itself up and
     execs; ``finish()`` the result to wait for that.
 
+    ``lifeline``: an fd the holder keeps open until it exits (installed as
+    its fd 4), or -1.
+
     Raises :class:`nsbox._clone.SpawnFailed`.
     """
     _syscalls.require_kernel()
     creator = creator_pidfd()
-    key = (INIT_PATH, kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator)
+    key = (INIT_PATH, kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline >= 0)
     prepared = _prepared.get(key)
     if prepared is None:
-        prepared = _prepare(kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator)
+        prepared = _prepare(kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline >= 0)
         if len(_prepared) >= 64:
             _prepared.clear()
         _prepared[key] = prepared
-    return _clone.PendingSpawn(prepared)
+    return _clone.PendingSpawn(prepared, second_extra_fd=lifeline)
 
 
 # Holder requests in native form, by shape: pods of one shape reuse one.
@@ -210,13 +235,15 @@ os.register_at_fork(after_in_child=_prepared.clear)
 
 
 def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, uid_map: Optional[str],
-             gid_map: Optional[str], verbose: bool, creator: int) -> _clone.Prepared:
+             gid_map: Optional[str], verbose: bool, creator: int, lifeline: bool) -> _clone.Prepared:
     init = os.fsencode(INIT_PATH)
     # No readiness handshake (init's -r): the holder runs from exec on with
     # every signal blocked, so a signal sent before its signalfd exists stays
     # pending instead of being lost; exec itself is confirmed by the
     # close-on-exec status pipe.  Hostname, lo, mounts: all done before exec.
     argv = [init, b"-p", str(_CREATOR_FD).encode()]
+    if lifeline:
+        argv += [b"-l", str(_LIFELINE_FD).encode()]
     if "pid" not in kinds:
         argv.append(b"-s")  # not PID 1: a quiet child subreaper
     if verbose:
@@ -235,8 +262,8 @@ def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, 
             cwd=b"/",
             setsid=True,  # its own session from exec on (init's own setsid() then gets EPERM)
             null_stdio=0b011,  # stdin, stdout: /dev/null; stderr: the creator's (for -w)
-            extra_fd_src=creator,
-            extra_fd_dst=_CREATOR_FD,
+            # (the lifeline's source is set per spawn: PendingSpawn's second_extra_fd)
+            extra_fds=[(creator, _CREATOR_FD)] + ([(-1, _LIFELINE_FD)] if lifeline else []),
             keep_signals_blocked=True,  # nothing is lost before its signalfd exists
         )
     )

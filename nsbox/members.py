@@ -51,6 +51,11 @@ class Members:
         ones still running then get SIGKILL."""
         terminate_all([self], deadline)
 
+    def kill_all(self) -> None:
+        """SIGKILL to every member found (a pod whose holder died)."""
+        for fd in self.signal_all(signal.SIGKILL):
+            os.close(fd)
+
     def signal_all(self, sig: int) -> list[int]:
         """Send ``sig`` to every member found; return their pidfds (close them)."""
         fds = self._open_all()

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import os
 import signal
 import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
 
-from . import _proc, _syscalls
+from . import _proc, _syscalls, lifecycle
 from .errors import ConfigError, NotRunningError
 from .holder import Holder
 from .kinds import DEFAULT_KINDS, KindsArg, flags_of, parse_kinds
@@ -34,9 +35,12 @@ from .namespaces import joined as _joined
 from .net import Attachment, Network, PodNetwork, detach_all
 from .net.shaping import Shaping
 from .spawn import PodProcess, run_process
+from .lifecycle import PodStatus
 from .spec import IdMap, PodSpec
 
 __all__ = ["Pod", "stop_all"]
+
+log = logging.getLogger("nsbox")
 
 # How long stop() waits for the holder after it was told to exit, before SIGKILL.
 _HOLDER_GRACE = 5.0
@@ -78,6 +82,10 @@ class Pod:
         With ``"user"``: the id mappings, as ``/proc/PID/uid_map`` text or a
         list of ``(inside, outside, count)``.  Default maps 0..65535 inside to
         the same ids outside for root, or root inside to your own id.
+    restart
+        When the holder dies without ``stop()`` (killed from outside), make a
+        new sandbox from the same spec at once, as the kubelet does after
+        ``SandboxChanged``; members do not survive.  See :meth:`restart`.
     """
 
     def __init__(
@@ -90,9 +98,10 @@ class Pod:
         gid_map: Optional[IdMap] = None,
         network: Optional[Any] = None,
         ports: Optional[Any] = None,
+        restart: bool = False,
     ):
         self._init(PodSpec.from_args(kinds, hostname=hostname, mount_proc=mount_proc, uid_map=uid_map,
-                                     gid_map=gid_map, network=network, ports=ports))
+                                     gid_map=gid_map, network=network, ports=ports, restart=restart))
 
     @classmethod
     def from_spec(cls, spec: PodSpec) -> "Pod":
@@ -107,12 +116,23 @@ class Pod:
         self.spec = spec
         self._lock = threading.RLock()
         self._order = next(_lock_order)
-        self._state = "new"  # new -> running -> stopped
+        self._state = "new"  # new -> running -> stopped (-> running again: restart)
+        self._callbacks: list[Callable[[Pod], object]] = []
+        self._restarts = 0
+        self._last_returncode: Optional[int] = None
+        self._error: Optional[str] = None
+        self._new_sandbox()
+
+    def _new_sandbox(self) -> None:
+        """The state of one sandbox (one holder), from start to stop."""
         self._holder: Optional[Holder] = None
         self._pid: Optional[int] = None
+        self._start_time: Optional[int] = None
         self._inodes: dict[str, int] = {}
         self._members: Optional[Members] = None
         self._net = PodNetwork()  # what the networks made for this pod
+        self._stop_requested = False
+        self._exited_at: Optional[float] = None
 
     # ---- configuration (the spec's) ------------------------------------------
 
@@ -149,27 +169,48 @@ class Pod:
         """
         with self._lock:
             if self._state != "new":
-                raise ConfigError(f"pod was already started ({self._state}); create a new Pod")
-            spec = self.spec
-            holder = Holder.begin(spec.kinds, hostname=spec.hostname, mount_proc=spec.mount_proc,
-                                  uid_map=spec.uid_map, gid_map=spec.gid_map)
-            self._holder, self._pid, self._state = holder, holder.pid, "running"
-            # The namespaces exist from clone on: wire them while the holder
-            # sets itself up and execs on the other CPU, then wait for it.
-            try:
-                self._wire(holder.pid)
-            except BaseException:
-                try:
-                    holder.finish()  # a failure before its exec is the error to report
-                finally:
-                    self._rollback()
-                raise
-            try:
-                holder.finish()
-            except BaseException:
-                self._rollback()
-                raise
+                raise ConfigError(f"pod was already started ({self._state}); use restart(), or create a new Pod")
+            self._start_sandbox()
             return self
+
+    def _start_sandbox(self) -> None:
+        """Holder -> network -> ready, or roll back.  (Lock held.)"""
+        self._new_sandbox()
+        spec = self.spec
+        holder = Holder.begin(spec.kinds, hostname=spec.hostname, mount_proc=spec.mount_proc,
+                              uid_map=spec.uid_map, gid_map=spec.gid_map)
+        self._holder, self._pid, self._state = holder, holder.pid, "running"
+        # The namespaces exist from clone on: wire them while the holder
+        # sets itself up and execs on the other CPU, then wait for it.
+        try:
+            self._wire(holder.pid)
+        except BaseException:
+            try:
+                holder.finish()  # a failure before its exec is the error to report
+            finally:
+                self._rollback()
+            raise
+        try:
+            holder.finish()
+        except BaseException:
+            self._rollback()
+            raise
+        lifecycle.watch(self, [holder.pidfd, holder.lifeline])
+
+    def restart(self, timeout: float = 10.0) -> "Pod":
+        """A new sandbox from the same spec, as the kubelet makes after
+        ``SandboxChanged``: a running pod is stopped first (``timeout`` as for
+        :meth:`stop`); members do not survive.  Returns the pod."""
+        _check_timeout(timeout)
+        with self._lock:
+            first = self._state == "new"
+            stopped = self._state == "running" and self._stop_locked(timeout)
+            self._start_sandbox()
+            if not first:
+                self._restarts += 1
+        if stopped:
+            self._run_callbacks()  # (they see the new sandbox)
+        return self
 
     def _wire(self, pid: int) -> None:
         """What needs the holder's namespaces: their inodes, the networks,
@@ -199,6 +240,7 @@ class Pod:
         caller must see: a teardown problem here is only added as a note."""
         holder = self._holder
         assert holder is not None
+        self._stop_requested = True  # (status: stopped, not exited)
         holder.kill_and_reap()
         if holder.pidfd < 0:
             self._pid = None  # reaped by the native side: the number may be another process's now
@@ -217,9 +259,18 @@ class Pod:
         """
         _check_timeout(timeout)
         with self._lock:
-            if self._begin_stop(time.monotonic() + timeout):
-                self._end_stop(None)
-            return self.returncode
+            stopped = self._stop_locked(timeout)
+            returncode = self.returncode
+        if stopped:
+            self._run_callbacks()
+        return returncode
+
+    def _stop_locked(self, timeout: float) -> bool:
+        """Stop this sandbox; True if it was running.  (Lock held.)"""
+        if self._begin_stop(time.monotonic() + timeout):
+            self._end_stop(None)
+            return True
+        return False
 
     def _begin_stop(self, deadline: float) -> bool:
         """Members get SIGTERM (SIGKILL at ``deadline``), then the holder is
@@ -238,6 +289,7 @@ class Pod:
         if self._state != "running":
             self._state = "stopped"
             return False
+        self._stop_requested = True
         return True
 
     def _end_stop(self, network_out: Optional[list]) -> None:
@@ -258,8 +310,11 @@ class Pod:
         if self._members is not None:
             self._members.kill_spawned()
         if self._holder is not None:
+            lifecycle.unwatch(self)
             self._holder.close()
+            self._last_returncode = self._holder.returncode
         self._state = "stopped"
+        self._exited_at = time.time()
         # Host-side objects go by what was recorded, whatever became of the netns.
         if network_out is not None:
             network_out.extend(self._net.take())  # stop_all() tears them down in one go
@@ -270,24 +325,34 @@ class Pod:
         """Wait for the holder to exit (it does on SIGTERM/SIGINT, or when
         stopped); return its exit status.  Raises subprocess.TimeoutExpired.
 
-        Other threads may use the pod (and stop it) meanwhile."""
+        Other threads may use the pod (and stop it) meanwhile.  With
+        ``restart=True`` this is the exit of the sandbox running when
+        ``wait()`` was called; the pod goes on with a new one."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if self._state == "new":
                 raise NotRunningError(errno.ESRCH, "pod was never started")
-            fd = self._dup_pidfd() if self._state == "running" else -1
+            holder = self._holder
+            assert holder is not None
+            fd = holder.dup_pidfd() if self._state == "running" else -1
         try:
             while True:
+                ended = False
                 with self._lock:
-                    if self._state == "stopped":
-                        assert self.returncode is not None
-                        return self.returncode
-                    assert self._holder is not None and self._members is not None
-                    if not _syscalls.pid_is_alive(self._holder.pidfd):
-                        self._reap_holder(None)
-                        self._finish()
-                        continue
-                    self._members.reap()  # the holder cannot end while they are zombies
+                    if self._holder is holder and self._state == "running":
+                        if holder.exiting():
+                            self._on_holder_exit()
+                            ended = True
+                        else:
+                            assert self._members is not None
+                            self._members.reap()  # the holder cannot end while they are zombies
+                    if self._holder is not holder or self._state != "running":
+                        returncode = holder.returncode
+                if ended:
+                    self._run_callbacks()
+                if self._holder is not holder or self._state != "running":
+                    assert returncode is not None
+                    return returncode
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise subprocess.TimeoutExpired(["nsbox-init"], timeout or 0)
@@ -295,6 +360,97 @@ class Pod:
         finally:
             if fd >= 0:
                 os.close(fd)
+
+    def _on_holder_exit(self) -> None:
+        """The holder has exited (or is exiting) without stop(): reap it,
+        take the members along, tear down, restart if the spec says so.
+        (Lock held.)"""
+        assert self._holder is not None and self._members is not None
+        self._reap_holder(None)
+        if "pid" not in self.kinds:  # its death killed nobody: a pod that ended takes them along
+            self._members.kill_all()
+        try:
+            self._finish()
+        except Exception as e:
+            self._error = f"tearing down after the holder exited: {e}"
+            log.warning("%r: %s", self, self._error)
+        if self.spec.restart:
+            try:
+                self._start_sandbox()
+                self._restarts += 1
+            except Exception as e:
+                self._error = f"restarting: {e}"
+                log.warning("%r: %s", self, self._error)
+
+    def _holder_exited(self) -> bool:
+        """For the watcher: the holder's pidfd or lifeline polled readable.
+        False if the pod is locked (whoever holds it is stopping or using it:
+        look again shortly)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            holder = self._holder
+            if self._state != "running" or holder is None or not holder.exiting():
+                return True  # stopped meanwhile, or not this pod's event
+            self._on_holder_exit()
+        finally:
+            self._lock.release()
+        self._run_callbacks()
+        return True
+
+    # ---- events and status -----------------------------------------------------
+
+    def add_done_callback(self, fn: Callable[["Pod"], object]) -> None:
+        """Call ``fn(pod)`` each time the pod's holder has exited, for any
+        reason (``stop()``, killed from outside, its creator gone), once it is
+        reaped and the pod torn down -- with ``restart=True``, once the new
+        sandbox runs.  Called at once if the pod is stopped already.  Runs in
+        the thread that noticed (the one calling ``stop()``/``wait()``, or
+        nsbox's watcher thread); exceptions are logged (logger ``nsbox``)."""
+        if not callable(fn):
+            raise ConfigError(f"a done callback must be callable, not {fn!r}")
+        with self._lock:
+            self._callbacks.append(fn)
+            done = self._state == "stopped"
+        if done:
+            self._call(fn)
+
+    def remove_done_callback(self, fn: Callable[["Pod"], object]) -> int:
+        """Forget ``fn``; returns how many times it was registered."""
+        with self._lock:
+            before = len(self._callbacks)
+            self._callbacks = [f for f in self._callbacks if f != fn]
+            return before - len(self._callbacks)
+
+    def _run_callbacks(self) -> None:
+        with self._lock:
+            callbacks = list(self._callbacks)
+        for fn in callbacks:
+            self._call(fn)
+
+    def _call(self, fn: Callable[["Pod"], object]) -> None:
+        try:
+            fn(self)
+        except Exception:
+            log.exception("exception calling done callback %r of %r", fn, self)
+
+    def status(self) -> PodStatus:
+        """A snapshot: state (new, running, exited, stopped), the holder's
+        PID and start time, the last exit, restarts, namespace inodes."""
+        with self._lock:
+            holder = self._holder
+            state = self._state
+            if state == "running" and holder is not None and holder.exiting():
+                state = "exited"  # (being noticed right now)
+            elif state == "stopped" and not self._stop_requested:
+                state = "exited"
+            if self._start_time is None and self._state == "running" and holder is not None and holder.alive:
+                st = _proc.stat(holder.pid)  # our unreaped child: the PID is the holder's
+                self._start_time = st.start_time if st is not None else None
+            return PodStatus(
+                state=state, pid=self._pid, start_time=self._start_time, returncode=self._last_returncode,
+                exited_at=self._exited_at, restarts=self._restarts, inodes=dict(self._inodes), error=self._error,
+            )
 
     def _dup_pidfd(self) -> int:
         """A private duplicate of the holder's pidfd (call with the lock held):
@@ -492,6 +648,8 @@ def stop_all(pods: Iterable[Pod], timeout: float = 10.0) -> list[Optional[int]]:
         for pod in started:
             pod._end_stop(detached)
         done = True
+        for pod in started:
+            pod._run_callbacks()
     finally:
         for pod in started:
             pod._lock.release()

@@ -47,6 +47,7 @@ class PodSpec:
     gid_map: Optional[str] = None
     networks: tuple[Network, ...] = ()
     ports: tuple[Port, ...] = field(default=())
+    restart: bool = False  # a new sandbox when the holder dies without stop()
 
     @classmethod
     def from_args(
@@ -59,6 +60,7 @@ class PodSpec:
         gid_map: Optional[IdMap] = None,
         network: Any = None,
         ports: Any = None,
+        restart: bool = False,
     ) -> "PodSpec":
         """A spec from the arguments of :class:`nsbox.Pod` (``network``: one
         network or a list; ``ports``: ``{host_port: pod_port}``)."""
@@ -78,6 +80,7 @@ class PodSpec:
             gid_map=gid_map,  # type: ignore[arg-type]
             networks=networks,
             ports=tuple(parse_ports(ports)) if ports else (),
+            restart=restart,
         )
 
     def __post_init__(self) -> None:
@@ -87,6 +90,8 @@ class PodSpec:
                 raise ConfigError(f"{name} must be a tuple, not {type(getattr(self, name)).__name__}")
         if self.mount_proc is not None and not isinstance(self.mount_proc, bool):
             raise ConfigError(f"mount_proc must be True, False or None, not {self.mount_proc!r}")
+        if not isinstance(self.restart, bool):
+            raise ConfigError(f"restart must be True or False, not {self.restart!r}")
         if "time" in kinds:
             raise UnsupportedError(
                 "the 'time' kind is not supported for pods: a new time namespace applies only to "
@@ -138,6 +143,7 @@ class PodSpec:
             "gid_map": self.gid_map,
             "networks": [net.to_dict() for net in self.networks],
             "ports": [list(p) for p in self.ports],
+            "restart": self.restart,
         }
 
     @classmethod
@@ -148,7 +154,7 @@ class PodSpec:
         fmt = data.pop("format", _FORMAT)
         if fmt != _FORMAT:
             raise ConfigError(f"pod spec format {fmt!r} is not supported (this nsbox reads format {_FORMAT})")
-        known = {"kinds", "hostname", "mount_proc", "uid_map", "gid_map", "networks", "ports"}
+        known = {"kinds", "hostname", "mount_proc", "uid_map", "gid_map", "networks", "ports", "restart"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown pod spec field(s): {', '.join(unknown)}")
@@ -170,6 +176,7 @@ class PodSpec:
             gid_map=data.get("gid_map"),
             networks=tuple(network_from_dict(n) for n in nets),
             ports=port_tuples,
+            restart=data.get("restart", False),
         )
 
     def to_json(self) -> str:

@@ -8,7 +8,10 @@
  *   - exit 0 on SIGTERM or SIGINT (the kernel then kills the rest of the
  *     PID namespace), and ignore every other signal;
  *   - exit when the process that created the pod is gone (-p FD, a pidfd),
- *     so a crashed creator never leaves a pod behind.
+ *     so a crashed creator never leaves a pod behind;
+ *   - hold FD open (-l FD, a pipe's write end): the kernel closes it as soon
+ *     as the holder starts to exit, before a PID namespace's init waits for
+ *     its members to be reaped, so the creator learns of the death at once.
  *
  * Signals are blocked and read from a signalfd: no work happens in a signal
  * handler.  A waitpid(-1, WNOHANG) loop runs on every wake-up and at least
@@ -50,12 +53,13 @@ static const int kernel_signals[] = {SIGFPE, SIGILL, SIGSEGV, SIGBUS};
 static void usage(FILE *out)
 {
 	fprintf(out,
-		"usage: nsbox-init [-v] [-h] [-s] [-w] [-r FD] [-p FD]\n"
+		"usage: nsbox-init [-v] [-h] [-s] [-w] [-r FD] [-p FD] [-l FD]\n"
 		"  -v     print the version and exit\n"
 		"  -s     quiet subreaper mode when not PID 1 (pods without a PID namespace)\n"
 		"  -w     log every reaped process to stderr\n"
 		"  -r FD  write 'R' to FD once ready, then close it\n"
-		"  -p FD  FD is a pidfd of the creator: exit when it exits\n");
+		"  -p FD  FD is a pidfd of the creator: exit when it exits\n"
+		"  -l FD  keep FD open (closed by the kernel when the holder exits)\n");
 }
 
 static int parse_fd(const char *s)
@@ -71,20 +75,25 @@ static int parse_fd(const char *s)
 }
 
 /* Close every fd >= 3 except the ones we were asked to keep (-1: none). */
-static void close_inherited_fds(int keep_a, int keep_b)
+static void close_inherited_fds(const int *want, int n_want)
 {
-	int keep[2], n = 0;
+	int keep[3], n = 0;
 
-	if (keep_a >= 3)
-		keep[n++] = keep_a;
-	if (keep_b >= 3 && keep_b != keep_a)
-		keep[n++] = keep_b;
-	if (n == 2 && keep[0] > keep[1]) {
-		int t = keep[0];
+	for (int i = 0; i < n_want && n < 3; i++) {
+		int fd = want[i], seen = 0;
 
-		keep[0] = keep[1];
-		keep[1] = t;
+		for (int j = 0; j < n; j++)
+			seen |= keep[j] == fd;
+		if (fd >= 3 && !seen)
+			keep[n++] = fd;
 	}
+	for (int i = 1; i < n; i++)  /* sort the few */
+		for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+			int t = keep[j];
+
+			keep[j] = keep[j - 1];
+			keep[j - 1] = t;
+		}
 	if (nsbox_close_fds_except(keep, n, NULL, 0, 1) < 0)
 		perror("nsbox-init: warning: failed to close inherited fds");
 }
@@ -158,10 +167,10 @@ static int drain_signals(int sfd)
 
 int main(int argc, char **argv)
 {
-	int ready_fd = -1, parent_fd = -1, quiet_subreaper = 0, opt;
+	int ready_fd = -1, parent_fd = -1, lifeline_fd = -1, quiet_subreaper = 0, opt;
 	sigset_t set;
 
-	while ((opt = getopt(argc, argv, "+vhswr:p:")) != -1) {
+	while ((opt = getopt(argc, argv, "+vhswr:p:l:")) != -1) {
 		switch (opt) {
 		case 'v':
 			printf("nsbox-init %s\n", NSBOX_VERSION);
@@ -184,6 +193,12 @@ int main(int argc, char **argv)
 		case 'p':
 			if ((parent_fd = parse_fd(optarg)) < 0) {
 				fprintf(stderr, "nsbox-init: invalid -p fd: %s\n", optarg);
+				return 2;
+			}
+			break;
+		case 'l':
+			if ((lifeline_fd = parse_fd(optarg)) < 0) {
+				fprintf(stderr, "nsbox-init: invalid -l fd: %s\n", optarg);
 				return 2;
 			}
 			break;
@@ -211,7 +226,11 @@ int main(int argc, char **argv)
 	if (setsid() < 0 && errno != EPERM)
 		perror("nsbox-init: warning: setsid failed");
 	stdin_from_devnull();
-	close_inherited_fds(ready_fd, parent_fd);
+	{
+		int keep[3] = {ready_fd, parent_fd, lifeline_fd};
+
+		close_inherited_fds(keep, 3);
+	}
 
 	int sfd = setup_signals(&set);
 	if (sfd < 0)

@@ -67,8 +67,8 @@ struct nsbox_spawn_req {
 	const char *cwd;                /* NULL: inherit */
 	int stdio[3];                   /* fds installed as 0, 1, 2; -1: inherit */
 	int null_stdio;                 /* bit i set: fd i is /dev/null, opened by the child */
-	int extra_fd_src;               /* installed as extra_fd_dst, or -1 */
-	int extra_fd_dst;
+	int extra_fd_src[2];            /* each installed as extra_fd_dst[i], or -1 */
+	int extra_fd_dst[2];
 	const int *keep_fds;            /* sorted; kept open and made inheritable */
 	int n_keep;
 	int keep_signals_blocked;       /* exec with every signal still blocked */

@@ -68,7 +68,7 @@ struct spawn_ctx {
 	int keep_below;    /* every fd the child needs is below this */
 	int close_range;   /* close_range(2) works here: see "errno" below */
 	int join_fd;       /* r->join_pidfd, or a low duplicate of it */
-	int extra_fd_src;  /* r->extra_fd_src, or a low duplicate of it */
+	int extra_fd_src[2];  /* r->extra_fd_src[i], or a low duplicate of it */
 };
 
 int nsbox_pidfd_open(int pid, unsigned int flags)
@@ -259,8 +259,8 @@ static int child_main(void *arg)
 	struct spawn_ctx *ctx = arg;
 	const struct nsbox_spawn_req *r = ctx->req;
 	int st = ctx->status_wr;
-	int tmp[3] = {-1, -1, -1}, extra_tmp = -1;
-	int extras[2], n_extras = 0;
+	int tmp[3] = {-1, -1, -1}, extra_tmp[2] = {-1, -1};
+	int extras[3], n_extras = 0;
 	int saved_errno = 0;
 	sigset_t empty;
 
@@ -343,16 +343,19 @@ static int child_main(void *arg)
 			child_fail(st, NSBOX_STAGE_DUP_STDIO, errno);
 		}
 	}
-	if (ctx->extra_fd_src >= 0 &&
-		(extra_tmp = fcntl(ctx->extra_fd_src, F_DUPFD_CLOEXEC, RELOCATE_MIN_FD)) < 0)
-		child_fail(st, NSBOX_STAGE_DUP_FD, errno);
+	for (int i = 0; i < 2; i++)
+		if (ctx->extra_fd_src[i] >= 0 &&
+		    (extra_tmp[i] = fcntl(ctx->extra_fd_src[i], F_DUPFD_CLOEXEC, RELOCATE_MIN_FD)) < 0)
+			child_fail(st, NSBOX_STAGE_DUP_FD, errno);
 	for (int i = 0; i < 3; i++)
 		if (tmp[i] >= 0 && dup2(tmp[i], i) < 0)
 			child_fail(st, NSBOX_STAGE_INSTALL_STDIO, errno);
-	if (extra_tmp >= 0) {
-		if (dup2(extra_tmp, r->extra_fd_dst) < 0)
+	for (int i = 0; i < 2; i++) {
+		if (extra_tmp[i] < 0)
+			continue;
+		if (dup2(extra_tmp[i], r->extra_fd_dst[i]) < 0)
 			child_fail(st, NSBOX_STAGE_INSTALL_FD, errno);
-		extras[n_extras++] = r->extra_fd_dst;
+		extras[n_extras++] = r->extra_fd_dst[i];
 	}
 	extras[n_extras++] = st;   /* CLOEXEC: gone at exec, needed until then */
 	for (int i = 0; i < r->n_keep; i++)
@@ -418,7 +421,8 @@ static int keep_below(const struct nsbox_spawn_req *r, const struct spawn_ctx *c
 	KEEP(sync[1]);
 	for (int i = 0; i < 3; i++)
 		KEEP(r->stdio[i]);
-	KEEP(ctx->extra_fd_src);
+	KEEP(ctx->extra_fd_src[0]);
+	KEEP(ctx->extra_fd_src[1]);
 	KEEP(ctx->join_fd);
 	for (int i = 0; i < r->n_keep; i++)
 		KEEP(r->keep_fds[i]);
@@ -524,7 +528,7 @@ static void abandon(struct nsbox_spawn_pending *p)
 static int do_spawn_begin(const struct nsbox_spawn_req *r, struct nsbox_spawn_result *res,
 						  struct nsbox_spawn_pending *p)
 {
-	int status[2] = {-1, -1}, sync[2] = {-1, -1}, low[2] = {-1, -1};
+	int status[2] = {-1, -1}, sync[2] = {-1, -1}, low[3] = {-1, -1, -1};
 	int pidfd = -1, rc = -1;
 	int need_sync = (r->new_flags & CLONE_NEWUSER) && (r->uid_map || r->gid_map);
 	int share_vm = r->uid < 0 && r->gid < 0 && r->n_groups < 0;  /* see the top of this file */
@@ -560,11 +564,14 @@ static int do_spawn_begin(const struct nsbox_spawn_req *r, struct nsbox_spawn_re
 	 * fd parked high (a pod's pidfd, the creator's) would make it copy the
 	 * whole fd table.  Pass low duplicates instead. */
 	ctx->join_fd = r->join_pidfd;
-	ctx->extra_fd_src = r->extra_fd_src;
+	ctx->extra_fd_src[0] = r->extra_fd_src[0];
+	ctx->extra_fd_src[1] = r->extra_fd_src[1];
 	if ((r->join_pidfd >= LOW_FD_LIMIT &&
-		 (ctx->join_fd = low[0] = fcntl(r->join_pidfd, F_DUPFD_CLOEXEC, 3)) < 0) ||
-		(r->extra_fd_src >= LOW_FD_LIMIT &&
-		 (ctx->extra_fd_src = low[1] = fcntl(r->extra_fd_src, F_DUPFD_CLOEXEC, 3)) < 0)) {
+	     (ctx->join_fd = low[0] = fcntl(r->join_pidfd, F_DUPFD_CLOEXEC, 3)) < 0) ||
+	    (r->extra_fd_src[0] >= LOW_FD_LIMIT &&
+	     (ctx->extra_fd_src[0] = low[1] = fcntl(r->extra_fd_src[0], F_DUPFD_CLOEXEC, 3)) < 0) ||
+	    (r->extra_fd_src[1] >= LOW_FD_LIMIT &&
+	     (ctx->extra_fd_src[1] = low[2] = fcntl(r->extra_fd_src[1], F_DUPFD_CLOEXEC, 3)) < 0)) {
 		set_error(res, NSBOX_STAGE_DUP_FD, errno);
 		munmap(stack, CHILD_STACK_SIZE);
 		goto out;
@@ -634,9 +641,10 @@ out:
 			close(status[i]);
 		if (sync[i] >= 0)
 			close(sync[i]);
+	}
+	for (int i = 0; i < 3; i++)
 		if (low[i] >= 0)
 			close(low[i]);
-	}
 	return rc;
 }
 

@@ -1,0 +1,149 @@
+"""A pod's life after ``start()``: its status, and the one watcher that
+notices a holder's death at once.
+
+The watcher is a single daemon thread per process with every running pod's
+holder pidfd in one ``epoll`` set: no thread per pod, no busy loop.  When a
+holder exits for any reason (``kill`` from outside, ``kill 1`` inside, the
+OOM killer), the watcher reaps it at once -- no zombie waits for the creator
+to call a pod method -- tears down what the pod made, restarts it if its
+spec says so, and runs the pod's done callbacks.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from .pod import Pod
+
+__all__ = ["PodStatus", "watch", "unwatch"]
+
+log = logging.getLogger("nsbox")
+
+
+@dataclass(frozen=True)
+class PodStatus:
+    """A snapshot of a pod's state (``pod.status()``).
+
+    ``state`` is ``"new"`` (never started), ``"running"``, ``"exited"`` (the
+    holder ended without ``stop()``: killed from outside, its creator gone...)
+    or ``"stopped"`` (by ``stop()``).  ``returncode`` is the holder's exit
+    status (negative: the signal that killed it) and ``exited_at`` when it
+    was reaped (``time.time()``), for the last sandbox; ``restarts`` counts the
+    sandboxes made after the first."""
+
+    state: str
+    pid: Optional[int] = None
+    start_time: Optional[int] = None  # the holder's, clock ticks after boot (with pid: its identity)
+    returncode: Optional[int] = None
+    exited_at: Optional[float] = None
+    restarts: int = 0
+    inodes: dict[str, int] = field(default_factory=dict)  # kind -> namespace inode
+    error: Optional[str] = None  # what went wrong tearing down or restarting, if anything
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+class _Watcher:
+    """One thread, one epoll set: fds that report a holder's death -> its pod.
+
+    The fds stay the pod's (its holder's pidfd and lifeline); the pod
+    unwatches them before it closes them.  Each is registered one-shot: a
+    pod whose lock is taken when its holder dies is looked at again every
+    20 ms until it is free, without epoll reporting it over and over."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._epoll: Optional[select.epoll] = None
+        self._pods: dict[int, weakref.ref[Pod]] = {}  # fd -> pod
+        self._fds: dict[int, list[int]] = {}  # id(pod) -> its fds
+        self._busy: set[int] = set()  # fds whose pod was locked when its holder died: retried
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, pod: Pod, fds: list[int]) -> None:
+        with self._lock:
+            if self._epoll is None:
+                self._epoll = select.epoll()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="nsbox-watcher", daemon=True)
+                self._thread.start()
+            ref = weakref.ref(pod)
+            self._fds[id(pod)] = fds
+            for fd in fds:
+                self._pods[fd] = ref
+                self._epoll.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
+
+    def unwatch(self, pod: Pod) -> None:
+        with self._lock:
+            for fd in self._fds.pop(id(pod), ()):
+                del self._pods[fd]
+                self._busy.discard(fd)
+                assert self._epoll is not None
+                self._epoll.unregister(fd)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                ep = self._epoll
+                retry = bool(self._busy)
+            if ep is None:  # pragma: no cover - forgotten after fork
+                return
+            try:
+                events = ep.poll(0.02 if retry else -1)
+            except OSError:  # pragma: no cover - closed after fork in a child
+                return
+            with self._lock:
+                fds = {fd for fd, _ in events} | self._busy
+                self._busy.clear()
+                pods = {}
+                for fd in fds:
+                    pod = self._pods[fd]() if fd in self._pods else None
+                    if pod is not None:
+                        pods[id(pod)] = (fd, pod)
+            for fd, pod in pods.values():
+                try:
+                    handled = pod._holder_exited()
+                except Exception:  # pragma: no cover - never let the watcher die
+                    log.exception("nsbox watcher: handling %r", pod)
+                    handled = True
+                with self._lock:
+                    if fd in self._pods and self._pods[fd]() is pod:
+                        if not handled:
+                            self._busy.add(fd)  # its lock was taken: look again shortly
+                        elif self._epoll is not None:
+                            # Not dead after all (an event for a number reused
+                            # since): listen again.
+                            self._epoll.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
+
+    def forget(self) -> None:
+        """After fork: the child has no watcher thread, and the epoll
+        instance is shared with the parent: start afresh."""
+        self._lock = threading.Lock()
+        self._epoll = None
+        self._pods, self._fds, self._busy = {}, {}, set()
+        self._thread = None
+
+
+_watcher = _Watcher()
+os.register_at_fork(after_in_child=_watcher.forget)
+
+
+def watch(pod: Pod, fds: list[int]) -> None:
+    """Have the watcher call ``pod._holder_exited()`` when one of ``fds``
+    (the holder's pidfd, its lifeline) polls readable.  ``fds`` stay the
+    pod's: :func:`unwatch` before closing them."""
+    _watcher.watch(pod, fds)
+
+
+def unwatch(pod: Pod) -> None:
+    """Stop watching ``pod`` (idempotent)."""
+    _watcher.unwatch(pod)
+
+
