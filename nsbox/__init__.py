@@ -21,6 +21,9 @@ from .errors import (
 from .kinds import DEFAULT_KINDS, KINDS
 from .namespaces import Namespace, join, joined
 from .net import Bridge, Veth
+from .gc import gc
+from .lifecycle import PodStatus
+from .persist import pods
 from .pod import Pod, stop_all
 from .spawn import PodProcess
 from .spec import PodSpec
@@ -30,6 +33,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Pod",
     "PodSpec",
+    "PodStatus",
+    "pods",
+    "gc",
     "stop_all",
     "PodProcess",
     "Veth",

@@ -20,7 +20,7 @@ __all__ = [
     "KERNEL_FLOOR", "require_kernel",
     "CLONE_NEW", "CLONE_FS", "Stage",
     "pidfd_open", "pidfd_send_signal", "setns", "unshare", "socket_in_netns", "park", "close_parked",
-    "signal_quietly", "fd_readable", "pid_is_alive", "wait_any",
+    "signal_quietly", "fd_readable", "pid_is_alive", "wait_any", "bind_mount", "umount",
 ]
 
 # Namespace kind -> its CLONE_NEW* flag, from the kernel headers nsbox was built against.
@@ -126,6 +126,18 @@ def setns(fd: int, nstype: int) -> None:
 def unshare(flags: int) -> None:
     if lib.nsbox_unshare(flags) < 0:
         _raise()
+
+
+def bind_mount(source: str, target: str) -> None:
+    """``mount --bind source target``."""
+    if lib.nsbox_mount(os.fsencode(source), os.fsencode(target), ffi.NULL, lib.MS_BIND, ffi.NULL) < 0:
+        _raise(target)
+
+
+def umount(target: str) -> None:
+    """Detach the mount at ``target`` (lazily, not following a symlink)."""
+    if lib.nsbox_umount2(os.fsencode(target), lib.MNT_DETACH | lib.UMOUNT_NOFOLLOW) < 0:
+        _raise(target)
 
 
 def socket_in_netns(nsfd: int, domain: int, type: int, protocol: int) -> int:

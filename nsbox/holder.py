@@ -12,6 +12,7 @@ status once reaped.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import _clone, _proc, _syscalls
-from .errors import Failure, failure_error
+from .errors import Failure, NotRunningError, failure_error
 from .kinds import KINDS, flags_of
 
 __all__ = ["INIT_PATH", "Holder", "start_holder", "begin_holder", "creator_pidfd"]
@@ -77,6 +78,29 @@ class Holder:
         # reports EOF as soon as the holder starts to exit (see init.c -l).
         self.lifeline = lifeline
         self.returncode: Optional[int] = None
+
+    @classmethod
+    def adopt(cls, pid: int, start_time: int, kinds: tuple[str, ...]) -> "Holder":
+        """The running holder ``(pid, start_time)`` of a pod another process
+        started (not our child: it is reaped by its parent, or init).
+        NotRunningError if that process is gone (or the PID names another)."""
+        try:
+            pidfd = _syscalls.pidfd_open(pid)
+        except ProcessLookupError:
+            pidfd = -1
+        # Pinned by the pidfd now: is it still the holder the record names?
+        if pidfd < 0 or _proc.owner(pid) != (pid, start_time):
+            if pidfd >= 0:
+                os.close(pidfd)
+            raise NotRunningError(errno.ESRCH, f"the holder (PID {pid}) has exited")
+        holder = cls.__new__(cls)
+        holder._pending = None
+        holder.kinds = kinds
+        holder.pid = pid
+        holder.pidfd = _syscalls.park(pidfd)
+        holder.lifeline = -1
+        holder.returncode = None
+        return holder
 
     @classmethod
     def begin(cls, kinds: tuple[str, ...], **options: Any) -> "Holder":
@@ -207,18 +231,20 @@ def begin_holder(
     gid_map: Optional[str] = None,
     verbose: bool = False,
     lifeline: int = -1,
+    tied: bool = True,
 ) -> _clone.PendingSpawn:
     """Clone the holder in new ``kinds`` namespaces and return at once: its
     namespaces exist (a netns can be wired) while it sets itself up and
     execs; ``finish()`` the result to wait for that.
 
     ``lifeline``: an fd the holder keeps open until it exits (installed as
-    its fd 4), or -1.
+    its fd 4), or -1.  ``tied``: the holder exits when this process does
+    (else it lives on: a persistent pod).
 
     Raises :class:`nsbox._clone.SpawnFailed`.
     """
     _syscalls.require_kernel()
-    creator = creator_pidfd()
+    creator = creator_pidfd() if tied else -1
     key = (INIT_PATH, kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline >= 0)
     prepared = _prepared.get(key)
     if prepared is None:
@@ -241,7 +267,7 @@ def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, 
     # every signal blocked, so a signal sent before its signalfd exists stays
     # pending instead of being lost; exec itself is confirmed by the
     # close-on-exec status pipe.  Hostname, lo, mounts: all done before exec.
-    argv = [init, b"-p", str(_CREATOR_FD).encode()]
+    argv = [init] + ([b"-p", str(_CREATOR_FD).encode()] if creator >= 0 else [])
     if lifeline:
         argv += [b"-l", str(_LIFELINE_FD).encode()]
     if "pid" not in kinds:
@@ -261,7 +287,9 @@ def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, 
             gid_map=gid_map.encode() if gid_map is not None else None,
             cwd=b"/",
             setsid=True,  # its own session from exec on (init's own setsid() then gets EPERM)
-            null_stdio=0b011,  # stdin, stdout: /dev/null; stderr: the creator's (for -w)
+            # stdin, stdout: /dev/null; stderr: the creator's (for -w) -- not for a
+            # holder that outlives it: whoever reads that pipe would wait forever
+            null_stdio=0b011 if creator >= 0 or verbose else 0b111,
             # (the lifeline's source is set per spawn: PendingSpawn's second_extra_fd)
             extra_fds=[(creator, _CREATOR_FD)] + ([(-1, _LIFELINE_FD)] if lifeline else []),
             keep_signals_blocked=True,  # nothing is lost before its signalfd exists

@@ -45,6 +45,8 @@ class PodStatus:
     restarts: int = 0
     inodes: dict[str, int] = field(default_factory=dict)  # kind -> namespace inode
     error: Optional[str] = None  # what went wrong tearing down or restarting, if anything
+    name: Optional[str] = None
+    pins: dict[str, str] = field(default_factory=dict)  # kind -> pinned path (persistent pods)
 
     @property
     def running(self) -> bool:

@@ -36,6 +36,8 @@ from .net import Attachment, Network, PodNetwork, detach_all
 from .net.shaping import Shaping
 from .spawn import PodProcess, run_process
 from .lifecycle import PodStatus
+from .persist import Persistence
+from .records import Record, check_name
 from .spec import IdMap, PodSpec
 
 __all__ = ["Pod", "stop_all"]
@@ -88,6 +90,16 @@ class Pod:
         ``SandboxChanged``; members do not survive.  See :meth:`restart`.
     """
 
+    # The state of the current sandbox (see _new_sandbox).
+    _holder: Optional[Holder]
+    _pid: Optional[int]
+    _start_time: Optional[int]
+    _inodes: dict[str, int]
+    _members: Optional[Members]
+    _net: PodNetwork
+    _stop_requested: bool
+    _exited_at: Optional[float]
+
     def __init__(
         self,
         kinds: KindsArg = DEFAULT_KINDS,
@@ -99,21 +111,59 @@ class Pod:
         network: Optional[Any] = None,
         ports: Optional[Any] = None,
         restart: bool = False,
+        name: Optional[str] = None,
+        persist: bool = False,
     ):
         self._init(PodSpec.from_args(kinds, hostname=hostname, mount_proc=mount_proc, uid_map=uid_map,
-                                     gid_map=gid_map, network=network, ports=ports, restart=restart))
+                                     gid_map=gid_map, network=network, ports=ports, restart=restart), name, persist)
 
     @classmethod
-    def from_spec(cls, spec: PodSpec) -> "Pod":
+    def from_spec(cls, spec: PodSpec, *, name: Optional[str] = None, persist: bool = False) -> "Pod":
         """A new (not started) pod with this configuration."""
         if not isinstance(spec, PodSpec):
             raise ConfigError(f"spec must be an nsbox.PodSpec, not {type(spec).__name__}")
         pod = cls.__new__(cls)
-        pod._init(spec)
+        pod._init(spec, name, persist)
         return pod
 
-    def _init(self, spec: PodSpec) -> None:
+    @classmethod
+    def attach(cls, name: str) -> "Pod":
+        """The persistent pod ``name``, started by any process: same spec,
+        same holder (or, if its holder has exited, a stopped pod that
+        :meth:`restart` makes again).  NotRunningError if there is none."""
+        record = Persistence.load(check_name(name))
+        pod = cls.__new__(cls)
+        pod._init(PodSpec.from_dict(record.spec), name, True)
+        assert pod._persist is not None
+        pod._persist.record = record
+        pod._restarts = record.restarts
+        with pod._lock:
+            if record.state == "running" and record.holder_alive():
+                pod._adopt(record)
+            else:
+                pod._state = "stopped"
+                pod._stop_requested = record.state == "stopped"
+                pod._last_returncode, pod._exited_at = record.returncode, record.exited_at
+        return pod
+
+    def _adopt(self, record: Record) -> None:
+        """Take over the running sandbox ``record`` names.  (Lock held.)"""
+        assert record.holder is not None
+        holder = Holder.adopt(record.holder[0], record.holder[1], self.spec.kinds)
+        self._holder, self._pid, self._state = holder, holder.pid, "running"
+        self._inodes = dict(record.inodes)
+        self._members = Members(holder.pid, self.spec.kinds, self._inodes, holder.reaped_elsewhere)
+        self._net = PodNetwork.from_record(record.network)
+        lifecycle.watch(self, [holder.pidfd])
+
+    def _init(self, spec: PodSpec, name: Optional[str] = None, persist: bool = False) -> None:
+        if name is not None:
+            check_name(name)
+        if persist and name is None:
+            raise ConfigError("persist=True needs a name (Pod(name='web', persist=True))")
         self.spec = spec
+        self.name = name
+        self._persist = Persistence(name) if persist and name is not None else None
         self._lock = threading.RLock()
         self._order = next(_lock_order)
         self._state = "new"  # new -> running -> stopped (-> running again: restart)
@@ -125,14 +175,14 @@ class Pod:
 
     def _new_sandbox(self) -> None:
         """The state of one sandbox (one holder), from start to stop."""
-        self._holder: Optional[Holder] = None
-        self._pid: Optional[int] = None
-        self._start_time: Optional[int] = None
-        self._inodes: dict[str, int] = {}
-        self._members: Optional[Members] = None
+        self._holder = None
+        self._pid = None
+        self._start_time = None
+        self._inodes = {}
+        self._members = None
         self._net = PodNetwork()  # what the networks made for this pod
         self._stop_requested = False
-        self._exited_at: Optional[float] = None
+        self._exited_at = None
 
     # ---- configuration (the spec's) ------------------------------------------
 
@@ -160,6 +210,11 @@ class Pod:
     def ports(self) -> list[tuple[str, int, int]]:
         return list(self.spec.ports)
 
+    @property
+    def persist(self) -> bool:
+        """True for a pod that outlives its creator (``persist=True``)."""
+        return self._persist is not None
+
     # ---- lifecycle -------------------------------------------------------
 
     def start(self) -> "Pod":
@@ -170,19 +225,40 @@ class Pod:
         with self._lock:
             if self._state != "new":
                 raise ConfigError(f"pod was already started ({self._state}); use restart(), or create a new Pod")
-            self._start_sandbox()
+            self._start_sandbox(first=True)
             return self
 
-    def _start_sandbox(self) -> None:
+    def _start_sandbox(self, first: bool = False) -> None:
         """Holder -> network -> ready, or roll back.  (Lock held.)"""
+        if self._persist is None:
+            self._make_sandbox(first)
+        else:
+            with self._persist.exclusive():  # one process (re)starts it at a time
+                other = self._persist.starting(self.spec.to_dict(), first)
+                if other is not None:
+                    self._new_sandbox()
+                    self._adopt(other)  # another process restarted it meanwhile: that sandbox it is
+                    self._restarts = other.restarts
+                    return
+                try:
+                    self._make_sandbox(first)
+                except BaseException:
+                    self._persist.failed(first)
+                    raise
+        if not first:
+            self._restarts += 1
+
+    def _make_sandbox(self, first: bool) -> None:
         self._new_sandbox()
         spec = self.spec
         holder = Holder.begin(spec.kinds, hostname=spec.hostname, mount_proc=spec.mount_proc,
-                              uid_map=spec.uid_map, gid_map=spec.gid_map)
+                              uid_map=spec.uid_map, gid_map=spec.gid_map, tied=self._persist is None)
         self._holder, self._pid, self._state = holder, holder.pid, "running"
         # The namespaces exist from clone on: wire them while the holder
         # sets itself up and execs on the other CPU, then wait for it.
         try:
+            if self._persist is not None:
+                self._persist.holder_cloned(holder.pid)  # before anything is made for it
             self._wire(holder.pid)
         except BaseException:
             try:
@@ -192,6 +268,9 @@ class Pod:
             raise
         try:
             holder.finish()
+            if self._persist is not None:
+                self._persist.running(holder.pid, spec.kinds, self._inodes, self._net.to_record(),
+                                      self._restarts + (not first))
         except BaseException:
             self._rollback()
             raise
@@ -205,9 +284,7 @@ class Pod:
         with self._lock:
             first = self._state == "new"
             stopped = self._state == "running" and self._stop_locked(timeout)
-            self._start_sandbox()
-            if not first:
-                self._restarts += 1
+            self._start_sandbox(first=first)
         if stopped:
             self._run_callbacks()  # (they see the new sandbox)
         return self
@@ -290,6 +367,8 @@ class Pod:
             self._state = "stopped"
             return False
         self._stop_requested = True
+        if self._persist is not None:
+            self._persist.stopping()  # (so no process restarts it meanwhile)
         return True
 
     def _end_stop(self, network_out: Optional[list]) -> None:
@@ -316,10 +395,14 @@ class Pod:
         self._state = "stopped"
         self._exited_at = time.time()
         # Host-side objects go by what was recorded, whatever became of the netns.
-        if network_out is not None:
-            network_out.extend(self._net.take())  # stop_all() tears them down in one go
-        else:
-            self._net.detach()
+        try:
+            if network_out is not None:
+                network_out.extend(self._net.take())  # stop_all() tears them down in one go
+            else:
+                self._net.detach()
+        finally:
+            if self._persist is not None:
+                self._persist.ended(self._stop_requested, self._last_returncode, self._exited_at, self._restarts)
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Wait for the holder to exit (it does on SIGTERM/SIGINT, or when
@@ -374,10 +457,9 @@ class Pod:
         except Exception as e:
             self._error = f"tearing down after the holder exited: {e}"
             log.warning("%r: %s", self, self._error)
-        if self.spec.restart:
+        if self.spec.restart and (self._persist is None or self._persist.wants_restart()):
             try:
                 self._start_sandbox()
-                self._restarts += 1
             except Exception as e:
                 self._error = f"restarting: {e}"
                 log.warning("%r: %s", self, self._error)
@@ -447,10 +529,26 @@ class Pod:
             if self._start_time is None and self._state == "running" and holder is not None and holder.alive:
                 st = _proc.stat(holder.pid)  # our unreaped child: the PID is the holder's
                 self._start_time = st.start_time if st is not None else None
+            record = self._persist.record if self._persist is not None else None
             return PodStatus(
                 state=state, pid=self._pid, start_time=self._start_time, returncode=self._last_returncode,
                 exited_at=self._exited_at, restarts=self._restarts, inodes=dict(self._inodes), error=self._error,
+                name=self.name, pins=dict(record.pins) if record is not None and state == "running" else {},
             )
+
+    def remove(self, *, force: bool = False) -> None:
+        """Drop a persistent pod: its name, pins and record (idempotent).  A
+        running pod is refused unless ``force`` (then it is stopped first)."""
+        with self._lock:
+            stopped = False
+            if self._state == "running":
+                if not force:
+                    raise ConfigError(f"{self!r} is running; stop() it first, or remove(force=True)")
+                stopped = self._stop_locked(10.0)
+            if self._persist is not None:
+                self._persist.remove()
+        if stopped:
+            self._run_callbacks()
 
     def _dup_pidfd(self) -> int:
         """A private duplicate of the holder's pidfd (call with the lock held):
@@ -606,12 +704,13 @@ class Pod:
         self.stop()
 
     def __repr__(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
         host = f" hostname={self.hostname!r}" if self.hostname else ""
         pid = f" pid={self._pid}" if self._pid is not None else ""
-        return f"<nsbox.Pod {self._state}{pid} kinds={','.join(self.kinds)}{host}>"
+        return f"<nsbox.Pod{name} {self._state}{pid} kinds={','.join(self.kinds)}{host}>"
 
     def __del__(self) -> None:
-        if getattr(self, "_state", None) == "running":
+        if getattr(self, "_state", None) == "running" and getattr(self, "_persist", None) is None:
             warnings.warn(f"{self!r} was never stopped; stopping it now", ResourceWarning, source=self, stacklevel=2)
             try:
                 self.stop(timeout=0)

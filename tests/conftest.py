@@ -98,10 +98,14 @@ def nsbox_nft_rules() -> list[str]:
 
 
 def run_state() -> set[str]:
+    """Files under nsbox's run directory, and mounts (pins) there."""
     from nsbox.net.rundir import run_dir
 
     root = run_dir()
-    return {str(p) for p in root.rglob("*")} if root.exists() else set()
+    files = {str(p) for p in root.rglob("*")} if root.exists() else set()
+    with open("/proc/self/mountinfo") as f:
+        mounts = {f"mount {line.split()[4]}" for line in f if line.split()[4].startswith(str(root) + "/")}
+    return files | mounts
 
 
 @pytest.fixture(autouse=True)

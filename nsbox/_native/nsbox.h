@@ -108,3 +108,6 @@ int nsbox_pidfd_send_signal(int pidfd, int sig);
 int nsbox_setns(int fd, int nstype);
 int nsbox_unshare(int flags);
 int nsbox_socket_in_netns(int nsfd, int domain, int type, int protocol);
+int nsbox_mount(const char *source, const char *target, const char *fstype, unsigned long flags,
+		const char *data);
+int nsbox_umount2(const char *target, int flags);

@@ -91,6 +91,17 @@ int nsbox_unshare(int flags)
 	return unshare(flags);
 }
 
+int nsbox_mount(const char *source, const char *target, const char *fstype, unsigned long flags,
+		const char *data)
+{
+	return mount(source, target, fstype, flags, data);
+}
+
+int nsbox_umount2(const char *target, int flags)
+{
+	return umount2(target, flags);
+}
+
 struct netns_socket_args {
 	int nsfd, domain, type, protocol;
 	int fd, err;

@@ -192,3 +192,31 @@ class Ipam:
         _ours.pop(self.dir, None)
         _low.pop(self.dir, None)
         prune(self.dir)
+
+
+def sweep() -> list[str]:
+    """Remove every lease whose owner is dead (a creator killed before it
+    could release it), in every lease directory; returns what went."""
+    removed: list[str] = []
+    with locked():
+        root = run_dir() / "ipam"
+        try:
+            dirs = [d for d in root.iterdir() if d.is_dir()]
+        except FileNotFoundError:
+            return removed
+        for lease_dir in dirs:
+            for path in lease_dir.iterdir():
+                if path.name.startswith("."):
+                    continue
+                try:
+                    pid, start = (int(x) for x in path.read_text().split())
+                except (OSError, ValueError):
+                    continue
+                if owner_of(pid) != (pid, start):
+                    path.unlink(missing_ok=True)
+                    ours = _ours.get(lease_dir, {})
+                    ours.pop(path.name, None)
+                    removed.append(f"lease {path.name} of bridge {lease_dir.name} (holder {pid} is gone)")
+            _low.pop(lease_dir, None)
+            prune(lease_dir)
+    return removed

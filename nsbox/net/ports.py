@@ -246,15 +246,18 @@ def _delete(rules: list[tuple[str, int]]) -> None:
             raise NetworkError(errno.EIO, f"removing port rules failed: {r.stderr.strip()}")
 
 
-def _sweep_dead_rules() -> None:
-    """Delete rules whose holder is gone (a creator killed with SIGKILL)."""
+def _sweep_dead_rules() -> list[str]:
+    """Delete rules whose holder is gone (a creator killed with SIGKILL);
+    returns what went."""
     dead = []
     ifaces = set()
+    removed = []
     for chain, handle, tag in _rules():
         _, pid, start, ifname = tag.split(":", 3)
         if owner_of(int(pid)) != (int(pid), int(start)):
             dead.append((chain, handle))
             ifaces.add(ifname)
+            removed.append(f"port rule {tag} (chain {chain})")
     _delete(dead)
     for ifname in ifaces:
         _finish_interface(ifname)
@@ -263,13 +266,17 @@ def _sweep_dead_rules() -> None:
             owner = _read_owner(path)
             if owner is None or owner_of(owner[0]) != owner:
                 path.unlink(missing_ok=True)
+                removed.append(f"host port reservation {path.name}")
+    return removed
 
 
-def sweep() -> None:
-    """Remove every rule and reservation of dead pods (safe to call any time)."""
+def sweep() -> list[str]:
+    """Remove every rule and reservation of dead pods (safe to call any
+    time); returns what went."""
     with _locked():
-        _sweep_dead_rules()
+        removed = _sweep_dead_rules()
         _drop_table_if_empty()
+    return removed
 
 
 def _drop_table_if_empty() -> None:

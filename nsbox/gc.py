@@ -1,0 +1,95 @@
+"""``nsbox.gc()``: remove what dead pods left behind.
+
+Most of a pod goes with its holder by itself: the kernel frees its
+namespaces when the last process (or pin) holding them is gone, and with a
+network namespace the veth pairs in it.  What needs gc after a crash:
+
+- a persistent pod whose holder is dead: its pins (they would keep empty
+  namespaces alive), its host links, leases and port rules (from its record);
+  the record is kept, marked exited, so the pod can be restarted or removed;
+- a persistent pod whose creator died while starting it: the half-made
+  sandbox (its holder is killed) and its record;
+- of any pod whose holder is dead: IPAM leases and published-port rules and
+  reservations (owned by the holder's (pid, start time): a reused PID is not
+  the owner).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import time
+
+from . import _proc, _syscalls
+from .net import ipam, ports
+from .net.podnet import PodNetwork
+from .net.rundir import locked
+from .records import Record, names, unpin
+
+__all__ = ["gc"]
+
+
+def gc() -> list[str]:
+    """Remove what dead pods left; safe to call at any time, from any
+    process.  Returns what was removed, one line each.  It never touches
+    what nsbox did not make, nor anything of a pod whose holder runs."""
+    removed: list[str] = []
+    with locked():
+        records = [r for r in (Record.load(n) for n in names()) if r is not None]
+    for rec in records:
+        alive = rec.holder_alive()
+        abandoned = rec.state == "starting" and not rec.creator_alive()
+        if alive and not abandoned:
+            continue
+        if alive and rec.holder is not None:
+            _kill(*rec.holder)
+            removed.append(f"pod {rec.name}: the holder (PID {rec.holder[0]}) of a start whose creator died")
+        net = PodNetwork.from_record(rec.network)
+        if net.attachments:
+            try:
+                net.detach()
+                removed.append(f"pod {rec.name}: host links, leases and port rules")
+            except Exception as e:
+                removed.append(f"pod {rec.name}: tearing down its network failed: {e}")
+        with locked():
+            cur = Record.load(rec.name)
+            if cur is None or cur.holder != rec.holder or cur.state != rec.state:
+                continue  # changed meanwhile (restarted, removed): not ours to touch
+            if cur.state == "starting":
+                cur.delete()
+                removed.append(f"pod {rec.name}: the record of a start that never finished")
+            elif cur.pins or cur.state in ("running", "stopping"):
+                unpin(cur.name)
+                cur.state = "stopped" if cur.state == "stopping" else "exited"
+                cur.holder, cur.pins, cur.network = None, {}, []
+                cur.save()
+                removed.append(f"pod {rec.name}: pins (the pod is {cur.state}; restart or remove it)")
+    removed += ipam.sweep()
+    if shutil.which("nft"):
+        removed += ports.sweep()
+    return removed
+
+
+def _kill(pid: int, start_time: int) -> None:
+    """SIGKILL the holder ``(pid, start_time)`` and wait until it is gone."""
+    try:
+        fd = _syscalls.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        if _proc.owner(pid) != (pid, start_time):
+            return  # another process has that PID now
+        _syscalls.signal_quietly(fd, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _syscalls.pid_is_alive(fd) and time.monotonic() < deadline:
+            _syscalls.wait_any([fd], 0.05)
+        try:  # ours to reap if we are its parent
+            os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            pass
+        except OSError as e:  # pragma: no cover
+            if e.errno != errno.ECHILD:
+                raise
+    finally:
+        os.close(fd)
