@@ -233,6 +233,10 @@ class Pod:
         if self._persist is None:
             self._make_sandbox(first)
         else:
+            if first:
+                from .gc import gc
+
+                gc()  # what dead pods left (a crashed creator's leases, rules, half-made pods)
             with self._persist.exclusive():  # one process (re)starts it at a time
                 other = self._persist.starting(self.spec.to_dict(), first)
                 if other is not None:
