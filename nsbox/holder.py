@@ -49,6 +49,22 @@ def _forget_creator() -> None:
 
 os.register_at_fork(after_in_child=_forget_creator)
 
+# Held while a lifeline's write end is open in this process, and by os.fork()
+# (its before-fork hook): a process forked then would keep a copy of it, and
+# the holder's death would not close the pipe.  (subprocess's vfork+exec
+# children close it at exec: it is close-on-exec.)
+_no_fork = threading.Lock()
+
+
+def _no_fork_in_child() -> None:
+    global _no_fork
+    _no_fork = threading.Lock()
+
+
+# (Looked up at each fork: the child gets a fresh lock, the held copy is dropped.)
+os.register_at_fork(before=lambda: _no_fork.acquire(), after_in_parent=lambda: _no_fork.release(),
+                    after_in_child=_no_fork_in_child)
+
 
 def creator_pidfd() -> int:
     """A pidfd on this process, opened once and shared by all its holders."""
@@ -106,24 +122,27 @@ class Holder:
     def begin(cls, kinds: tuple[str, ...], **options: Any) -> "Holder":
         """Clone the holder in new ``kinds`` namespaces (``options``: those of
         :func:`begin_holder`) and return at once."""
-        rd, wr = os.pipe2(os.O_CLOEXEC)
-        try:
-            pending = begin_holder(kinds, lifeline=wr, **options)
-        except _clone.SpawnFailed as f:
-            os.close(rd)
-            raise failure_error(Failure("start", f.stage.name, f.errno, kinds=kinds)) from None
-        except BaseException:
-            os.close(rd)
-            raise
-        finally:
-            os.close(wr)  # (the holder has its own copy by now)
+        with _no_fork:  # a fork meanwhile would keep a copy of the write end
+            rd, wr = os.pipe2(os.O_CLOEXEC)
+            try:
+                pending = begin_holder(kinds, lifeline=wr, **options)
+            except _clone.SpawnFailed as f:
+                os.close(rd)
+                raise failure_error(Failure("start", f.stage.name, f.errno, kinds=kinds)) from None
+            except BaseException:
+                os.close(rd)
+                raise
+            finally:
+                os.close(wr)  # (the holder has its own copy by now)
         return cls(pending, kinds, _syscalls.park(rd))
 
     def exiting(self) -> bool:
-        """True once the holder has started to exit (or has exited)."""
-        if self.lifeline < 0:
-            return not self.alive
-        return _syscalls.fd_readable(self.lifeline)
+        """True once the holder has started to exit (or has exited): its
+        lifeline reports EOF (unless a copy of the write end was forked
+        away: then once it has exited)."""
+        if self.lifeline >= 0 and _syscalls.fd_readable(self.lifeline):
+            return True
+        return not self.alive
 
     def finish(self) -> None:
         """Wait until the holder has exec'd.  If a step before its exec

@@ -18,6 +18,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
+from . import _syscalls
+
 if TYPE_CHECKING:
     from .pod import Pod
 
@@ -62,33 +64,46 @@ class _Watcher:
     20 ms until it is free, without epoll reporting it over and over."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: a pod freed by the garbage collector while this thread
+        # holds the lock may stop itself (__del__) and unwatch from here.
+        self._lock = threading.RLock()
         self._epoll: Optional[select.epoll] = None
         self._pods: dict[int, weakref.ref[Pod]] = {}  # fd -> pod
         self._fds: dict[int, list[int]] = {}  # id(pod) -> its fds
-        self._busy: set[int] = set()  # fds whose pod was locked when its holder died: retried
+        self._busy: set[int] = set()  # fds to look at again shortly (pod locked, or still readable)
         self._thread: Optional[threading.Thread] = None
 
     def watch(self, pod: Pod, fds: list[int]) -> None:
         with self._lock:
             if self._epoll is None:
                 self._epoll = select.epoll()
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="nsbox-watcher", daemon=True)
                 self._thread.start()
             ref = weakref.ref(pod)
+            done: list[int] = []
+            try:
+                for fd in fds:
+                    self._epoll.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
+                    done.append(fd)
+                    self._pods[fd] = ref
+            except BaseException:
+                for fd in done:
+                    self._epoll.unregister(fd)
+                    del self._pods[fd]
+                raise
             self._fds[id(pod)] = fds
-            for fd in fds:
-                self._pods[fd] = ref
-                self._epoll.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
 
     def unwatch(self, pod: Pod) -> None:
         with self._lock:
             for fd in self._fds.pop(id(pod), ()):
                 del self._pods[fd]
                 self._busy.discard(fd)
-                assert self._epoll is not None
-                self._epoll.unregister(fd)
+                if self._epoll is not None:
+                    try:
+                        self._epoll.unregister(fd)
+                    except OSError:  # pragma: no cover - closed behind our back
+                        pass
 
     def _run(self) -> None:
         while True:
@@ -101,33 +116,39 @@ class _Watcher:
                 events = ep.poll(0.02 if retry else -1)
             except OSError:  # pragma: no cover - closed after fork in a child
                 return
-            with self._lock:
+            with self._lock:  # (only weak references here: no pod can be freed under the lock)
                 fds = {fd for fd, _ in events} | self._busy
                 self._busy.clear()
-                pods = {}
-                for fd in fds:
-                    pod = self._pods[fd]() if fd in self._pods else None
-                    if pod is not None:
-                        pods[id(pod)] = (fd, pod)
-            for fd, pod in pods.values():
-                try:
-                    handled = pod._holder_exited()
-                except Exception:  # pragma: no cover - never let the watcher die
-                    log.exception("nsbox watcher: handling %r", pod)
-                    handled = True
-                with self._lock:
-                    if fd in self._pods and self._pods[fd]() is pod:
-                        if not handled:
-                            self._busy.add(fd)  # its lock was taken: look again shortly
-                        elif self._epoll is not None:
-                            # Not dead after all (an event for a number reused
-                            # since): listen again.
-                            self._epoll.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
+                refs = [(fd, self._pods[fd]) for fd in fds if fd in self._pods]
+            seen: set[int] = set()
+            for fd, ref in refs:
+                self._handle(fd, ref, seen)
+            del refs
+
+    def _handle(self, fd: int, ref: weakref.ref[Pod], seen: set[int]) -> None:
+        pod = ref()
+        if pod is None or id(pod) in seen:
+            return
+        seen.add(id(pod))
+        try:
+            handled = pod._holder_exited()
+        except BaseException:  # never let the watcher die: every pod depends on it
+            log.exception("nsbox watcher: handling the exit of %r", pod)
+            handled = True
+        with self._lock:
+            if fd in self._pods and self._pods[fd] is ref:
+                if not handled or _syscalls.fd_readable(fd):
+                    # Its lock was taken, or it still polls readable although
+                    # the pod says its holder runs: look again in 20 ms (a
+                    # level-triggered fd re-armed now would fire at once, forever).
+                    self._busy.add(fd)
+                elif self._epoll is not None:
+                    self._epoll.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
 
     def forget(self) -> None:
         """After fork: the child has no watcher thread, and the epoll
         instance is shared with the parent: start afresh."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._epoll = None
         self._pods, self._fds, self._busy = {}, {}, set()
         self._thread = None

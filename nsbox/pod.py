@@ -46,6 +46,11 @@ log = logging.getLogger("nsbox")
 
 # How long stop() waits for the holder after it was told to exit, before SIGKILL.
 _HOLDER_GRACE = 5.0
+# restart=True: a sandbox that lived less than this died young; from the
+# second in a row on, restarts wait _BACKOFF_FIRST, doubling up to _BACKOFF_MAX.
+_STABLE_RUN = 10.0
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 10.0
 # Pods are locked in this order when several are (stop_all): no lock cycles.
 _lock_order = itertools.count()
 
@@ -98,7 +103,6 @@ class Pod:
     _members: Optional[Members]
     _net: PodNetwork
     _stop_requested: bool
-    _exited_at: Optional[float]
 
     def __init__(
         self,
@@ -170,6 +174,10 @@ class Pod:
         self._callbacks: list[Callable[[Pod], object]] = []
         self._restarts = 0
         self._last_returncode: Optional[int] = None
+        self._exited_at: Optional[float] = None  # the last sandbox's exit
+        self._due: list[Callable[[Pod], object]] = []  # callbacks of exits not yet run
+        self._restart_timer: Optional[threading.Timer] = None
+        self._short_lives = 0  # sandboxes in a row that died young (restart back-off)
         self._error: Optional[str] = None
         self._new_sandbox()
 
@@ -182,7 +190,7 @@ class Pod:
         self._members = None
         self._net = PodNetwork()  # what the networks made for this pod
         self._stop_requested = False
-        self._exited_at = None
+        self._started_at: Optional[float] = None
 
     # ---- configuration (the spec's) ------------------------------------------
 
@@ -278,6 +286,9 @@ class Pod:
         except BaseException:
             self._rollback()
             raise
+        self._started_at = time.time()
+        st = _proc.stat(holder.pid)  # (our unreaped child: the PID is the holder's)
+        self._start_time = st.start_time if st is not None else None
         lifecycle.watch(self, [holder.pidfd, holder.lifeline])
 
     def restart(self, timeout: float = 10.0) -> "Pod":
@@ -285,12 +296,17 @@ class Pod:
         ``SandboxChanged``: a running pod is stopped first (``timeout`` as for
         :meth:`stop`); members do not survive.  Returns the pod."""
         _check_timeout(timeout)
-        with self._lock:
-            first = self._state == "new"
-            stopped = self._state == "running" and self._stop_locked(timeout)
-            self._start_sandbox(first=first)
-        if stopped:
-            self._run_callbacks()  # (they see the new sandbox)
+        stopped = False
+        try:
+            with self._lock:
+                first = self._state == "new"
+                stopped = self._state == "running" and self._stop_locked(timeout)
+                self._restart_timer = None  # (a scheduled restart: this is it)
+                self._short_lives = 0  # (a restart by hand starts the back-off afresh)
+                self._start_sandbox(first=first)
+        finally:
+            if stopped:
+                self._run_callbacks()  # (they see the new sandbox, or its failure)
         return self
 
     def _wire(self, pid: int) -> None:
@@ -369,6 +385,10 @@ class Pod:
         """True if running; a pod never started is stopped now.  (Lock held.)"""
         if self._state != "running":
             self._state = "stopped"
+            if self._restart_timer is not None:  # a restart was scheduled: not any more
+                self._restart_timer.cancel()
+                self._restart_timer = None
+                self._stop_requested = True
             return False
         self._stop_requested = True
         if self._persist is not None:
@@ -396,6 +416,7 @@ class Pod:
             lifecycle.unwatch(self)
             self._holder.close()
             self._last_returncode = self._holder.returncode
+            self._due.extend(self._callbacks)  # this exit's callbacks, run once the lock is released
         self._state = "stopped"
         self._exited_at = time.time()
         # Host-side objects go by what was recorded, whatever became of the netns.
@@ -419,25 +440,27 @@ class Pod:
         with self._lock:
             if self._state == "new":
                 raise NotRunningError(errno.ESRCH, "pod was never started")
+            if self._state != "running" or self._holder is None:
+                assert self.returncode is not None
+                return self.returncode
             holder = self._holder
-            assert holder is not None
-            fd = holder.dup_pidfd() if self._state == "running" else -1
+            fd = holder.dup_pidfd()
         try:
             while True:
-                ended = False
+                ended = restarting = False
                 with self._lock:
                     if self._holder is holder and self._state == "running":
                         if holder.exiting():
-                            self._on_holder_exit()
+                            restarting = self._on_holder_exit()
                             ended = True
                         else:
                             assert self._members is not None
                             self._members.reap()  # the holder cannot end while they are zombies
-                    if self._holder is not holder or self._state != "running":
-                        returncode = holder.returncode
-                if ended:
+                    over = self._holder is not holder or self._state != "running"
+                if ended and not restarting:
                     self._run_callbacks()
-                if self._holder is not holder or self._state != "running":
+                if over:
+                    returncode = holder.returncode
                     assert returncode is not None
                     return returncode
                 left = None if deadline is None else deadline - time.monotonic()
@@ -448,25 +471,52 @@ class Pod:
             if fd >= 0:
                 os.close(fd)
 
-    def _on_holder_exit(self) -> None:
+    def _on_holder_exit(self) -> bool:
         """The holder has exited (or is exiting) without stop(): reap it,
-        take the members along, tear down, restart if the spec says so.
-        (Lock held.)"""
+        take the members along, tear down, schedule a restart if the spec
+        says so (True then: the callbacks run after it).  (Lock held.)"""
         assert self._holder is not None and self._members is not None
-        self._reap_holder(None)
-        if "pid" not in self.kinds:  # its death killed nobody: a pod that ended takes them along
+        if "pid" not in self.kinds:
+            # Its death killed nobody: a pod that ended takes them along -- while
+            # the unreaped holder still pins its PID (its children are found under it).
             self._members.kill_all()
+        self._reap_holder(None)
         try:
             self._finish()
         except Exception as e:
             self._error = f"tearing down after the holder exited: {e}"
             log.warning("%r: %s", self, self._error)
-        if self.spec.restart and (self._persist is None or self._persist.wants_restart()):
+        return self._schedule_restart()
+
+    def _schedule_restart(self) -> bool:
+        """With restart=True: a new sandbox, on a thread of its own (never
+        the watcher's), after a back-off when sandboxes keep dying young
+        (as the kubelet's CrashLoopBackOff).  True if one is scheduled.
+        (Lock held.)"""
+        if not self.spec.restart or (self._persist is not None and not self._persist.wants_restart()):
+            return False
+        lived = (self._exited_at or 0) - (self._started_at or 0)
+        self._short_lives = self._short_lives + 1 if lived < _STABLE_RUN else 0
+        delay = 0.0 if self._short_lives <= 1 else min(_BACKOFF_FIRST * 2 ** (self._short_lives - 2), _BACKOFF_MAX)
+        timer = threading.Timer(delay, self._restart_now)
+        timer.daemon = True
+        self._restart_timer = timer
+        timer.start()
+        return True
+
+    def _restart_now(self) -> None:
+        """The scheduled restart (a timer thread); then the callbacks, which
+        see the new sandbox."""
+        with self._lock:
+            if self._restart_timer is None or self._state != "stopped" or self._stop_requested:
+                return  # stopped (or restarted) meanwhile
+            self._restart_timer = None
             try:
                 self._start_sandbox()
             except Exception as e:
                 self._error = f"restarting: {e}"
                 log.warning("%r: %s", self, self._error)
+        self._run_callbacks()
 
     def _holder_exited(self) -> bool:
         """For the watcher: the holder's pidfd or lifeline polled readable.
@@ -478,10 +528,11 @@ class Pod:
             holder = self._holder
             if self._state != "running" or holder is None or not holder.exiting():
                 return True  # stopped meanwhile, or not this pod's event
-            self._on_holder_exit()
+            restarting = self._on_holder_exit()
         finally:
             self._lock.release()
-        self._run_callbacks()
+        if not restarting:
+            self._run_callbacks()
         return True
 
     # ---- events and status -----------------------------------------------------
@@ -497,7 +548,7 @@ class Pod:
             raise ConfigError(f"a done callback must be callable, not {fn!r}")
         with self._lock:
             self._callbacks.append(fn)
-            done = self._state == "stopped"
+            done = self._state == "stopped" and self._restart_timer is None
         if done:
             self._call(fn)
 
@@ -509,9 +560,12 @@ class Pod:
             return before - len(self._callbacks)
 
     def _run_callbacks(self) -> None:
+        """Run the callbacks due for the exits seen so far (each snapshot was
+        taken with the exit, under the lock: a callback added after an exit
+        was run by add_done_callback, and is not run again here)."""
         with self._lock:
-            callbacks = list(self._callbacks)
-        for fn in callbacks:
+            due, self._due = self._due, []
+        for fn in due:
             self._call(fn)
 
     def _call(self, fn: Callable[["Pod"], object]) -> None:
@@ -530,9 +584,6 @@ class Pod:
                 state = "exited"  # (being noticed right now)
             elif state == "stopped" and not self._stop_requested:
                 state = "exited"
-            if self._start_time is None and self._state == "running" and holder is not None and holder.alive:
-                st = _proc.stat(holder.pid)  # our unreaped child: the PID is the holder's
-                self._start_time = st.start_time if st is not None else None
             record = self._persist.record if self._persist is not None else None
             return PodStatus(
                 state=state, pid=self._pid, start_time=self._start_time, returncode=self._last_returncode,
@@ -549,6 +600,9 @@ class Pod:
                 if not force:
                     raise ConfigError(f"{self!r} is running; stop() it first, or remove(force=True)")
                 stopped = self._stop_locked(10.0)
+            if self._restart_timer is not None:  # a scheduled restart: not any more
+                self._restart_timer.cancel()
+                self._restart_timer = None
             if self._persist is not None:
                 self._persist.remove()
         if stopped:
@@ -580,7 +634,9 @@ class Pod:
     @property
     def returncode(self) -> Optional[int]:
         """The holder's exit status once reaped (negative: killed by that signal)."""
-        return self._holder.returncode if self._holder is not None else None
+        if self._holder is not None and self._holder.returncode is not None:
+            return self._holder.returncode
+        return self._last_returncode if self._state != "running" else None
 
     # ---- network ---------------------------------------------------------------
 
@@ -751,8 +807,6 @@ def stop_all(pods: Iterable[Pod], timeout: float = 10.0) -> list[Optional[int]]:
         for pod in started:
             pod._end_stop(detached)
         done = True
-        for pod in started:
-            pod._run_callbacks()
     finally:
         for pod in started:
             pod._lock.release()
@@ -763,6 +817,8 @@ def stop_all(pods: Iterable[Pod], timeout: float = 10.0) -> list[Optional[int]]:
         except Exception:
             if done:
                 raise
+    for pod in started:  # (no lock held, everything torn down)
+        pod._run_callbacks()
     return [pod.returncode for pod in pods]
 
 
