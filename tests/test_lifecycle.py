@@ -142,3 +142,47 @@ def test_many_pods_one_watcher():
         assert _watchers() == 1
     finally:
         nsbox.stop_all(pods)
+
+
+def test_many_cycles_with_injected_failures_leak_nothing(monkeypatch):
+    import random
+
+    from nsbox.pod import Pod
+
+    rng = random.Random(9)
+    real_wire = Pod._wire
+
+    def flaky_wire(self, pid):
+        if rng.random() < 0.3:
+            raise RuntimeError("injected")
+        real_wire(self, pid)
+        if rng.random() < 0.2:
+            raise RuntimeError("injected after the network")
+
+    with nsbox.Pod(network=nsbox.Veth("10.248.250.2/24", "10.248.250.1/24")):
+        pass  # what a process keeps once it made a pod: the shared netlink socket, the watcher's epoll
+    monkeypatch.setattr(Pod, "_wire", flaky_wire)
+    fds = sorted(os.listdir("/proc/self/fd"))
+    with open("/proc/self/mountinfo") as f:
+        mounts = f.read()
+    failed = 0
+    for i in range(300):
+        persist = i % 10 == 0
+        pod = nsbox.Pod(kinds=("net", "uts", "pid"), network=nsbox.Veth(f"10.248.{i % 200}.2/24", f"10.248.{i % 200}.1/24"),
+                        name=f"nsbt-cyc{i}" if persist else None, persist=persist)
+        try:
+            pod.start()
+        except RuntimeError:
+            failed += 1
+            continue
+        if i % 3 == 0:
+            os.kill(pod.pid, signal.SIGKILL)
+            wait_until(lambda pod=pod: pod.status().state == "exited", timeout=2)
+        pod.stop()
+        if persist:
+            pod.remove()
+    assert 50 < failed < 200
+    assert sorted(os.listdir("/proc/self/fd")) == fds
+    with open("/proc/self/mountinfo") as f:
+        assert f.read() == mounts
+    assert nsbox.pods() == []
