@@ -8,7 +8,8 @@ network namespace the veth pairs in it.  What needs gc after a crash:
   namespaces alive), its host links, leases and port rules (from its record);
   the record is kept, marked exited, so the pod can be restarted or removed;
 - a persistent pod whose creator died while starting it: the half-made
-  sandbox (its holder is killed) and its record;
+  sandbox (its holder is killed) and its record; one whose stopper died
+  half-way: the stop is finished;
 - of any pod whose holder is dead: IPAM leases and published-port rules and
   reservations (owned by the holder's (pid, start time): a reused PID is not
   the owner).
@@ -39,12 +40,14 @@ def gc() -> list[str]:
         records = [r for r in (Record.load(n) for n in names()) if r is not None]
     for rec in records:
         alive = rec.holder_alive()
-        abandoned = rec.state == "starting" and not rec.creator_alive()
+        # A start or stop whose process died half-way: gc finishes it.
+        abandoned = rec.state in ("starting", "stopping") and not rec.creator_alive()
         if alive and not abandoned:
             continue
         if alive and rec.holder is not None:
             _kill(*rec.holder)
-            removed.append(f"pod {rec.name}: the holder (PID {rec.holder[0]}) of a start whose creator died")
+            what = "start" if rec.state == "starting" else "stop"
+            removed.append(f"pod {rec.name}: the holder (PID {rec.holder[0]}) of a {what} whose process died")
         net = PodNetwork.from_record(rec.network)
         if net.attachments:
             try:

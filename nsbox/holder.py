@@ -160,6 +160,12 @@ class Holder:
     def alive(self) -> bool:
         return self.pidfd >= 0 and self.returncode is None and _syscalls.pid_is_alive(self.pidfd)
 
+    def outlive_creator(self) -> None:
+        """From now on the holder outlives this process (a persistent pod,
+        once its record names the holder: a creator that dies before leaves
+        no holder behind)."""
+        self.signal(signal.SIGUSR1)
+
     def reaped_elsewhere(self) -> bool:
         """True once the holder was reaped by someone else's ``waitpid(-1)``:
         its PID may then name another process."""
@@ -257,17 +263,18 @@ def begin_holder(
     execs; ``finish()`` the result to wait for that.
 
     ``lifeline``: an fd the holder keeps open until it exits (installed as
-    its fd 4), or -1.  ``tied``: the holder exits when this process does
-    (else it lives on: a persistent pod).
+    its fd 4), or -1.  The holder exits when this process does, until
+    :meth:`Holder.outlive_creator`; ``tied=False`` (a pod that will) only
+    keeps it off this process's stderr.
 
     Raises :class:`nsbox._clone.SpawnFailed`.
     """
     _syscalls.require_kernel()
-    creator = creator_pidfd() if tied else -1
-    key = (INIT_PATH, kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline >= 0)
+    creator = creator_pidfd()
+    key = (INIT_PATH, kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline >= 0, tied)
     prepared = _prepared.get(key)
     if prepared is None:
-        prepared = _prepare(kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline >= 0)
+        prepared = _prepare(kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline >= 0, tied)
         if len(_prepared) >= 64:
             _prepared.clear()
         _prepared[key] = prepared
@@ -280,13 +287,13 @@ os.register_at_fork(after_in_child=_prepared.clear)
 
 
 def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, uid_map: Optional[str],
-             gid_map: Optional[str], verbose: bool, creator: int, lifeline: bool) -> _clone.Prepared:
+             gid_map: Optional[str], verbose: bool, creator: int, lifeline: bool, tied: bool) -> _clone.Prepared:
     init = os.fsencode(INIT_PATH)
     # No readiness handshake (init's -r): the holder runs from exec on with
     # every signal blocked, so a signal sent before its signalfd exists stays
     # pending instead of being lost; exec itself is confirmed by the
     # close-on-exec status pipe.  Hostname, lo, mounts: all done before exec.
-    argv = [init] + ([b"-p", str(_CREATOR_FD).encode()] if creator >= 0 else [])
+    argv = [init, b"-p", str(_CREATOR_FD).encode()]
     if lifeline:
         argv += [b"-l", str(_LIFELINE_FD).encode()]
     if "pid" not in kinds:
@@ -308,7 +315,7 @@ def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, 
             setsid=True,  # its own session from exec on (init's own setsid() then gets EPERM)
             # stdin, stdout: /dev/null; stderr: the creator's (for -w) -- not for a
             # holder that outlives it: whoever reads that pipe would wait forever
-            null_stdio=0b011 if creator >= 0 or verbose else 0b111,
+            null_stdio=0b011 if tied or verbose else 0b111,
             # (the lifeline's source is set per spawn: PendingSpawn's second_extra_fd)
             extra_fds=[(creator, _CREATOR_FD)] + ([(-1, _LIFELINE_FD)] if lifeline else []),
             keep_signals_blocked=True,  # nothing is lost before its signalfd exists

@@ -76,6 +76,12 @@ class Persistence:
             self.record.holder = _proc.owner(pid)
             self.record.save()
 
+    def network_made(self, network: list[dict[str, Any]]) -> None:
+        assert self.record is not None
+        with locked():
+            self.record.network = network
+            self.record.save()
+
     def running(self, pid: int, kinds: tuple[str, ...], inodes: dict[str, int], network: list[dict[str, Any]],
                 restarts: int) -> None:
         assert self.record is not None
@@ -98,8 +104,9 @@ class Persistence:
                 self.record.save()
 
     def stopping(self) -> None:
-        """Before the holder is told to exit: no process restarts it then."""
-        self._update(state="stopping")
+        """Before the holder is told to exit: no process restarts it then
+        (and gc finishes the stop if this process dies before it did)."""
+        self._update(state="stopping", creator=_proc.owner(os.getpid()))
 
     def wants_restart(self) -> bool:
         """After a holder death: false if some process is stopping the pod."""

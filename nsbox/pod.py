@@ -283,6 +283,7 @@ class Pod:
             if self._persist is not None:
                 self._persist.running(holder.pid, spec.kinds, self._inodes, self._net.to_record(),
                                       self._restarts + (not first))
+                holder.outlive_creator()  # (until now a crash of this process took it along)
         except BaseException:
             self._rollback()
             raise
@@ -323,6 +324,8 @@ class Pod:
                 self._inodes[k] = os.fstat(netns).st_ino if k == "net" and netns >= 0 else os.stat(proc + k).st_ino
             if spec.networks:
                 self._net = PodNetwork.attach(spec.networks, netns, pid)
+                if self._persist is not None:  # at once: what a crash from here on leaves, gc finds
+                    self._persist.network_made(self._net.to_record())
         finally:
             if netns >= 0:
                 os.close(netns)

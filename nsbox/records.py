@@ -66,7 +66,7 @@ class Record:
     name: str
     spec: dict[str, Any]
     state: str = "starting"  # starting -> running -> stopped | exited
-    creator: Optional[tuple[int, int]] = None  # (pid, start time) of the process starting it
+    creator: Optional[tuple[int, int]] = None  # (pid, start time) of the process starting or stopping it
     holder: Optional[tuple[int, int]] = None  # (pid, start time) of the running holder
     inodes: dict[str, int] = field(default_factory=dict)
     pins: dict[str, str] = field(default_factory=dict)  # kind -> path

@@ -8,7 +8,9 @@
  *   - exit 0 on SIGTERM or SIGINT (the kernel then kills the rest of the
  *     PID namespace), and ignore every other signal;
  *   - exit when the process that created the pod is gone (-p FD, a pidfd),
- *     so a crashed creator never leaves a pod behind;
+ *     so a crashed creator never leaves a pod behind -- until SIGUSR1 says
+ *     the pod is persistent (its record names the holder now): from then on
+ *     it outlives its creator;
  *   - hold FD open (-l FD, a pipe's write end): the kernel closes it as soon
  *     as the holder starts to exit, before a PID namespace's init waits for
  *     its members to be reaped, so the creator learns of the death at once.
@@ -58,7 +60,7 @@ static void usage(FILE *out)
 		"  -s     quiet subreaper mode when not PID 1 (pods without a PID namespace)\n"
 		"  -w     log every reaped process to stderr\n"
 		"  -r FD  write 'R' to FD once ready, then close it\n"
-		"  -p FD  FD is a pidfd of the creator: exit when it exits\n"
+		"  -p FD  FD is a pidfd of the creator: exit when it exits (until SIGUSR1)\n"
 		"  -l FD  keep FD open (closed by the kernel when the holder exits)\n");
 }
 
@@ -144,8 +146,8 @@ static int setup_signals(sigset_t *set)
 	return fd;
 }
 
-/* Returns the signal number that asks us to exit, or 0. */
-static int drain_signals(int sfd)
+/* Returns the signal number that asks us to exit, or 0; *detach is set on SIGUSR1. */
+static int drain_signals(int sfd, int *detach)
 {
 	struct signalfd_siginfo si;
 
@@ -158,6 +160,10 @@ static int drain_signals(int sfd)
 		case SIGTERM:
 		case SIGINT:
 			return (int)si.ssi_signo;
+		case SIGUSR1:
+			/* The creator made the pod persistent: outlive it from now on. */
+			*detach = 1;
+			break;
 		default:
 			/* SIGCHLD is handled by the reap loop; everything else is ignored. */
 			break;
@@ -259,10 +265,16 @@ int main(int argc, char **argv)
 		int n = poll(pfd, nfds, REAP_INTERVAL_MS);
 
 		if (n > 0 && (pfd[0].revents & POLLIN)) {
-			int sig = drain_signals(sfd);
+			int detach = 0;
+			int sig = drain_signals(sfd, &detach);
+
 			if (sig) {
 				reap();
 				return 0;
+			}
+			if (detach && nfds == 2) {
+				close(parent_fd);
+				nfds = 1;
 			}
 		}
 		if (n > 0 && nfds == 2 && pfd[1].revents) {
