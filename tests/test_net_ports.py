@@ -53,6 +53,7 @@ def test_published_port_reachable_from_the_host(bridge):
         server.kill()
         server.wait()
         server.stdout.close()
+    nsbox.net.settle()  # (the host side goes in the background)
     assert "nsbox:" not in nsbox_rules()
 
 
@@ -65,6 +66,7 @@ def test_veth_pod_ports_and_udp():
         server.kill()
         server.wait()
         server.stdout.close()
+    nsbox.net.settle()  # (the host side goes in the background)
     assert "nsbox:" not in nsbox_rules()
 
 
@@ -73,6 +75,7 @@ def test_port_published_twice_is_refused(bridge):
         with pytest.raises(nsbox.NetworkError, match="already published") as e:
             nsbox.Pod(network=bridge, ports={18084: 81}).start()
         assert e.value.errno == errno.EADDRINUSE
+        nsbox.net.settle()  # (the host side goes in the background)
         assert len(bridge.leases()) == 1  # the failed pod's lease went back
 
 
@@ -84,6 +87,7 @@ def test_port_used_by_a_host_process_is_refused(bridge):
         s.listen()
         with pytest.raises(nsbox.NetworkError, match="in use by a host process"):
             nsbox.Pod(network=bridge, ports={18085: 80}).start()
+    nsbox.net.settle()  # (the host side goes in the background)
     assert "nsbox:" not in nsbox_rules()
 
 
@@ -100,6 +104,7 @@ def test_rules_of_a_killed_creator_are_swept(bridge):
     with nsbox.Pod(network=bridge, ports={18086: 80}) as pod:  # same port: the dead one is swept
         assert nsbox_rules().count("dport 18086") == 2
         assert f"dnat to {pod.address.ip}:80" in nsbox_rules()
+    nsbox.net.settle()  # (the host side goes in the background)
     assert "nsbox:" not in nsbox_rules()
 
 
@@ -110,6 +115,7 @@ def test_holder_sigkilled_rules_and_lease_removed_by_stop(bridge):
     pod = nsbox.Pod(network=bridge, ports={18087: 80}).start()
     os.kill(pod.pid, signal.SIGKILL)
     pod.stop()
+    nsbox.net.settle()  # (the host side goes in the background)
     assert "nsbox:" not in nsbox_rules()
     assert bridge.leases() == {} and bridge.ports() == []
 
@@ -162,6 +168,7 @@ def test_published_pods_cannot_reach_host_loopback_services(bridge):
             pod.run([sys.executable, "-c", SPOOF, str(bridge.gateway.ip)], check=True)
             with pytest.raises(so.timeout):
                 listener.recvfrom(100)
+        nsbox.net.settle()  # (the host side goes in the background)
         with open(f"/proc/sys/net/ipv4/conf/{bridge.name}/route_localnet") as f:
             assert f.read().strip() == "0"  # back off once no published pod uses the bridge
 
@@ -177,4 +184,5 @@ def test_stale_handles_never_delete_another_pods_rules(bridge):
     with nsbox.Pod(network=bridge, ports={18098: 80}) as d:
         a.stop()  # must not touch d's rules
         assert f"dnat to {d.address.ip}:80" in nsbox_rules()
+    nsbox.net.settle()  # (the host side goes in the background)
     assert "nsbox:" not in nsbox_rules()

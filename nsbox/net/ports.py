@@ -20,7 +20,7 @@ import socket
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import ConfigError, NetworkError
 from .ipam import Owner, owner_of
@@ -76,19 +76,34 @@ class Published:
     owner: Owner
     ports: list[tuple[str, int, int]]
     route_ifname: str = ""
+    # Whose the host-port reservations are, when not ``owner``'s (the pod's
+    # holder): this process's while a stopped pod is torn down in the background.
+    reserved_by: Optional[Owner] = None
 
     @property
     def tag(self) -> str:
         return _tag(self.owner, self.route_ifname)
 
     def to_record(self) -> dict[str, Any]:
-        return {"owner": list(self.owner), "ports": [list(p) for p in self.ports], "route_ifname": self.route_ifname}
+        return {"owner": list(self.owner), "ports": [list(p) for p in self.ports], "route_ifname": self.route_ifname,
+                "reserved_by": None if self.reserved_by is None else list(self.reserved_by)}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "Published":
         pid, start = record["owner"]
         ports = [(str(proto), int(hp), int(cp)) for proto, hp, cp in record["ports"]]
-        return cls((int(pid), int(start)), ports, str(record["route_ifname"]))
+        by = record.get("reserved_by")
+        return cls((int(pid), int(start)), ports, str(record["route_ifname"]),
+                   None if by is None else (int(by[0]), int(by[1])))
+
+    def transfer_reservations(self, owner: Owner) -> None:
+        """Make the host-port reservations ``owner``'s (still held ones only)."""
+        with _locked():
+            for proto, host_port, _ in self.ports:
+                path = _reservation(proto, host_port)
+                if _read_owner(path) == (self.reserved_by or self.owner):
+                    path.write_text(f"{owner[0]} {owner[1]}\n")
+            self.reserved_by = owner
 
     def remove(self) -> None:
         """Delete this pod's rules and reservations; idempotent.  Rules are
@@ -100,7 +115,7 @@ class Published:
             _delete(mine)
             for proto, host_port, _ in self.ports:
                 path = _reservation(proto, host_port)
-                if _read_owner(path) == self.owner:
+                if _read_owner(path) == (self.reserved_by or self.owner):
                     path.unlink(missing_ok=True)
             _sweep_dead_rules()
             _finish_interface(self.route_ifname)
