@@ -245,7 +245,7 @@ def test_stop_all_tears_everything_down(bridge):
     assert not names & {n for _, n in socket.if_nameindex()}
     nsbox.net.settle()  # (pods[1], stopped alone, went in the background)
     assert bridge.leases() == {} and bridge.ports() == []
-    r = subprocess.run(["nft", "list", "table", "ip", "nsbox"], capture_output=True, text=True)
+    r = subprocess.run(["nft", "list", "ruleset", "ip"], capture_output=True, text=True)
     assert "nsbox:" not in r.stdout
     assert nsbox.stop_all(pods) == codes  # idempotent
 

@@ -1,6 +1,7 @@
 """Port publishing with nftables: host -> pod through the mapping, rules
 tagged and removed, ports reserved across pods."""
 import errno
+import os
 import subprocess
 import sys
 import textwrap
@@ -30,7 +31,9 @@ SERVER = textwrap.dedent(
 
 
 def nsbox_rules() -> str:
-    r = subprocess.run(["nft", "list", "table", "ip", "nsbox"], capture_output=True, text=True)
+    """Every ip-family table (nsbox's: the shared ``nsbox`` and each
+    process's kernel-owned ``nsbox-PID``)."""
+    r = subprocess.run(["nft", "list", "ruleset", "ip"], capture_output=True, text=True)
     return r.stdout if r.returncode == 0 else ""
 
 
@@ -91,21 +94,46 @@ def test_port_used_by_a_host_process_is_refused(bridge):
     assert "nsbox:" not in nsbox_rules()
 
 
-def test_rules_of_a_killed_creator_are_swept(bridge):
+def test_rules_of_a_killed_creator_vanish_with_it(bridge):
+    # The rules are in the creator's kernel-owned table: the kernel deletes
+    # them when its netlink socket closes, before anyone sweeps.
+    script = textwrap.dedent(
+        """
+        import os, signal, sys, subprocess, nsbox
+        pod = nsbox.Pod(network=nsbox.Bridge(sys.argv[1], subnet=sys.argv[2]), ports={18086: 80}).start()
+        print(subprocess.run(["nft", "list", "ruleset", "ip"], capture_output=True, text=True).stdout.count("dport 18086"),
+              flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    r = run_python(script, bridge.name, str(bridge.subnet))
+    assert r.stdout.split() == ["2"], r.stderr  # it was published (output + prerouting) ...
+    assert "nsbox" not in nsbox_rules()  # ... and nothing is left: no table, no rule
+    with nsbox.Pod(network=bridge, ports={18086: 80}) as pod:  # the port is free again (its reservation is swept)
+        assert nsbox_rules().count("dport 18086") == 2
+        assert f"dnat to {pod.address.ip}:80" in nsbox_rules()
+    nsbox.net.settle()  # (the host side goes in the background)
+    assert "nsbox" not in nsbox_rules()
+
+
+def test_shared_table_rules_of_a_killed_creator_are_swept(bridge):
+    # kernel_owned=False (pods that outlive their creator): the shared table,
+    # where a dead holder's rules stay until the next sweep.
     script = textwrap.dedent(
         """
         import os, signal, sys, nsbox
-        pod = nsbox.Pod(network=nsbox.Bridge(sys.argv[1], subnet=sys.argv[2]), ports={18086: 80}).start()
+        from nsbox.net import PodNetwork
+        pod = nsbox.Pod(network=nsbox.Bridge(sys.argv[1], subnet=sys.argv[2]))
+        real = PodNetwork.publish
+        PodNetwork.publish = lambda self, owner, ports, **k: real(self, owner, ports, kernel_owned=False)
+        pod = nsbox.Pod(network=nsbox.Bridge(sys.argv[1], subnet=sys.argv[2]), ports={18088: 80}).start()
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
     run_python(script, bridge.name, str(bridge.subnet))
-    assert "dport 18086" in nsbox_rules()  # left behind by the SIGKILL
-    with nsbox.Pod(network=bridge, ports={18086: 80}) as pod:  # same port: the dead one is swept
-        assert nsbox_rules().count("dport 18086") == 2
-        assert f"dnat to {pod.address.ip}:80" in nsbox_rules()
-    nsbox.net.settle()  # (the host side goes in the background)
-    assert "nsbox:" not in nsbox_rules()
+    assert "table ip nsbox {" in nsbox_rules() and "dport 18088" in nsbox_rules()  # left behind by the SIGKILL
+    nsbox.net.ports.sweep()
+    assert "nsbox" not in nsbox_rules()  # swept, and the empty table dropped
 
 
 def test_holder_sigkilled_rules_and_lease_removed_by_stop(bridge):
@@ -186,3 +214,32 @@ def test_stale_handles_never_delete_another_pods_rules(bridge):
         assert f"dnat to {d.address.ip}:80" in nsbox_rules()
     nsbox.net.settle()  # (the host side goes in the background)
     assert "nsbox:" not in nsbox_rules()
+
+
+def test_rules_are_changed_in_process_and_the_socket_is_not_inherited(bridge):
+    import fcntl
+
+    from nsbox.net import nft
+
+    if not nft.available():
+        pytest.skip("libnftables is not installed")
+    with nsbox.Pod(network=bridge, ports={18113: 80}) as pod:
+        assert f"table ip nsbox-{os.getpid()} {{" in nsbox_rules()
+        assert "flags owner" in nsbox_rules()
+        fds = nft.context().socket_fds
+        assert fds and all(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC for fd in fds)
+        assert f"dnat to {pod.address.ip}:80" in nsbox_rules()
+    nsbox.net.settle()
+    assert "nsbox" not in nsbox_rules()  # the empty table goes too
+
+
+def test_without_libnftables_the_nft_command_and_the_shared_table_are_used(bridge, monkeypatch):
+    from nsbox.net import nft, ports
+
+    monkeypatch.setattr(nft, "_library", lambda: None)
+    monkeypatch.setattr(ports, "_owner_ok", None)
+    with nsbox.Pod(network=bridge, ports={18114: 80}) as pod:
+        assert "table ip nsbox {" in nsbox_rules()
+        assert f"dnat to {pod.address.ip}:80" in nsbox_rules()
+    nsbox.net.settle()
+    assert "nsbox" not in nsbox_rules()

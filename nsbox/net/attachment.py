@@ -170,10 +170,12 @@ class Attachment:
         with rt.Rtnl(rt.socket_in_netns(pod_netns_fd)) as pod:
             apply(pod, self.ifname, shaping)
 
-    def publish(self, owner: Owner, ports: list[tuple[str, int, int]]) -> None:
+    def publish(self, owner: Owner, ports: list[tuple[str, int, int]], *, kernel_owned: bool = True) -> None:
         """Publish ``ports`` (from :func:`nsbox.net.ports.parse_ports`) of
         the pod ``owner`` (its holder); the rules are then this attachment's,
-        removed by :meth:`detach`."""
+        removed by :meth:`detach`.  ``kernel_owned``: see
+        :func:`nsbox.net.ports.publish` (False for a pod that outlives this
+        process)."""
         if self.published is not None:
             raise ConfigError(f"ports of {self.ifname} are already published")
         if self.address is None:
@@ -181,7 +183,8 @@ class Attachment:
         address = self.address
         # A stopped pod of this process may still hold a host port (torn down
         # in the background): retry_settled.
-        self.published = teardown.retry_settled(lambda: publish_ports(owner, address, self.route_ifname, ports))
+        self.published = teardown.retry_settled(lambda: publish_ports(owner, address, self.route_ifname, ports,
+                                                                               kernel_owned=kernel_owned))
 
     # ---- records --------------------------------------------------------------
 

@@ -46,11 +46,14 @@ class PodNetwork:
     def primary(self) -> Optional[Attachment]:
         return self.attachments[0] if self.attachments else None
 
-    def publish(self, owner: Owner, ports: list[tuple[str, int, int]]) -> None:
-        """Publish ``ports`` to the primary address (rules owned by it)."""
+    def publish(self, owner: Owner, ports: list[tuple[str, int, int]], *, kernel_owned: bool = True) -> None:
+        """Publish ``ports`` to the primary address (rules owned by it).
+        ``kernel_owned`` (default): the rules vanish with this process, even
+        if it is SIGKILLed; pass False for a pod that outlives it (a
+        persistent pod), whose rules gc sweeps once its holder is dead."""
         if self.primary is None:
             raise ConfigError("ports= needs a network (network=nsbox.Bridge(...) or nsbox.Veth(...))")
-        self.primary.publish(owner, ports)
+        self.primary.publish(owner, ports, kernel_owned=kernel_owned)
 
     def find(self, ifname: Optional[str]) -> Attachment:
         """The attachment of the pod interface ``ifname`` (None: the primary)."""
