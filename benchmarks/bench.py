@@ -15,8 +15,10 @@ veth pair, addresses, lo up, default route):
   pyroute2   unshare + pyroute2 IPRoute (host) and IPRoute on a thread in the pod's netns
   floor      nsbox's holder + hand-packed netlink (struct), fewest round trips
   nsbox      nsbox.Pod(network=nsbox.Veth(...)).start()
-Run as root.  Uses 10.245.0.0/16 and 10.247.0.0/16 (full) or 10.246.0.0/16 and
-10.248.0.0/16 (quick) only.
+Teardown: create and stop, each timed, of a pod without network, a veth pod,
+a bridge pod and a bridge pod with one published port.
+Run as root.  Uses 10.245.0.0/16, 10.247.0.0/16 and 10.249.0.0/24 (full) or
+10.246.0.0/16, 10.248.0.0/16 and 10.250.0.0/24 (quick) only.
 """
 from __future__ import annotations
 
@@ -369,6 +371,68 @@ def bench_run(rounds: int) -> dict:
         pod.stop()
 
 
+def free_port() -> int:
+    """A host TCP port nothing listens on (asked from the kernel)."""
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
+def _settle() -> None:
+    """Wait until what earlier stops handed to the background is done (so one
+    plan's teardown is not paid by the next one's create); a no-op for an
+    nsbox without background teardown."""
+    settle = getattr(nsbox.net, "settle", None)
+    if settle is not None:
+        settle()
+
+
+def bench_teardown(rounds: int, sub: Subnets, subnet: str) -> dict:
+    """Create and stop, each timed, for four kinds of pod, interleaved round
+    by round in a shuffled order.  ``stop`` is what ``pod.stop()`` costs the
+    caller; ``settled`` adds the wait until everything the stop handed to the
+    background (link deletion, lease, rules) is done."""
+    import random
+
+    bridge = nsbox.Bridge("nsbxtd0", subnet=subnet)
+    port = free_port()
+    kinds = {
+        "no network": lambda: nsbox.Pod(),
+        "veth": lambda: nsbox.Pod(network=nsbox.Veth(*reversed(sub.next()))),
+        "bridge": lambda: nsbox.Pod(network=bridge),
+        "bridge + 1 port": lambda: nsbox.Pod(network=bridge, ports={port: 80}),
+    }
+    times: dict = {k: {"create": [], "stop": [], "settled": []} for k in kinds}
+    rng = random.Random(2)
+    try:
+        for r in range(rounds + 1):  # round 0 warms up (and makes the bridge) and is dropped
+            order = list(kinds.items())
+            rng.shuffle(order)
+            for name, make in order:
+                pod = make()
+                t0 = time.perf_counter()
+                pod.start()
+                t1 = time.perf_counter()
+                pod.stop()
+                t2 = time.perf_counter()
+                _settle()
+                t3 = time.perf_counter()
+                if r:
+                    times[name]["create"].append((t1 - t0) * 1000)
+                    times[name]["stop"].append((t2 - t1) * 1000)
+                    times[name]["settled"].append((t3 - t1) * 1000)
+    finally:
+        _settle()
+        bridge.remove()
+    out = {}
+    for name, t in times.items():
+        create, stop = statistics.median(t["create"]), statistics.median(t["stop"])
+        out[name] = {"create_ms": round(create, 3), "stop_ms": round(stop, 3),
+                     "stop_over_create": round(stop / create, 3),
+                     "stop_settled_ms": round(statistics.median(t["settled"]), 3), "n": len(t["create"])}
+    return out
+
+
 def pss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
@@ -558,6 +622,8 @@ def main() -> int:
         ("pod with veth networking (create)", "pods", lambda: bench_pods(rounds, sub)),
         ("holder only: net+ipc+uts+pid (create)", "holder", lambda: bench_holder(rounds)),
         ("run `true` in a pod", "run", lambda: bench_run(rounds)),
+        ("teardown: create and stop (median ms)", "teardown",
+         lambda: bench_teardown(rounds, sub, "10.250.0.0/24" if args.quick else "10.249.0.0/24")),
         (f"holder memory, PSS kB per holder ({memn} alive)", "pss_kb", lambda: bench_memory(memn)),
         (f"{scale} networked pods alive at once", "scale", lambda: bench_scale(scale, sub, 2.0 if args.quick else 60.0,
                                                                             "10.248.0.0/16" if args.quick else "10.247.0.0/16")),
@@ -569,7 +635,7 @@ def main() -> int:
         text.append(table(title, results[key]))
         print(text[-1], flush=True)
     results["targets"] = targets(results)
-    text.insert(0, table("targets (issue #4), this run", results["targets"], "measure"))
+    text.insert(0, table("targets (issues #4, #9), this run", results["targets"], "measure"))
     print(text[0], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -601,6 +667,13 @@ def targets(r: dict) -> dict:
     run = med("run", "nsbox pod.run")
     check("pod.run(true) / host subprocess.run", run / med("run", "host subprocess.run"), "<=", 1.2)
     check("pod.run(true) / nsenter", run / med("run", "nsenter"), "<=", 0.4)
+    td = r["teardown"]
+    for kind in ("veth", "bridge"):
+        check(f"{kind} pod: stop / create", td[kind]["stop_over_create"], "<=", 1.5)
+    port_create = td["bridge + 1 port"]["create_ms"] - td["bridge"]["create_ms"]
+    port_stop = td["bridge + 1 port"]["stop_ms"] - td["bridge"]["stop_ms"]
+    check("one published port: create cost", port_create, "<=", 1.5, " ms")
+    check("one published port: stop cost", port_stop, "<=", 1.5, " ms")
     pss = r["pss_kb"]
     if "pause (static, built here)" in pss:
         check("holder PSS / static pause", pss["nsbox-init"] / pss["pause (static, built here)"], "<=", 1.0)

@@ -25,8 +25,8 @@ import time
 from . import _proc, _syscalls
 from .net import ipam, ports
 from .net.podnet import PodNetwork
-from .net.rundir import locked
-from .records import Record, names, unpin
+from .net.rundir import locked, prune
+from .records import Record, names, pods_dir, unpin
 
 __all__ = ["gc"]
 
@@ -38,6 +38,7 @@ def gc() -> list[str]:
     removed: list[str] = []
     with locked():
         records = [r for r in (Record.load(n) for n in names()) if r is not None]
+        removed += _debris()
     for rec in records:
         alive = rec.holder_alive()
         # A start or stop whose process died half-way: gc finishes it.
@@ -51,7 +52,7 @@ def gc() -> list[str]:
         net = PodNetwork.from_record(rec.network)
         if net.attachments:
             try:
-                net.detach()
+                net.detach(background=False)  # (gc is done when it returns)
                 removed.append(f"pod {rec.name}: host links, leases and port rules")
             except Exception as e:
                 removed.append(f"pod {rec.name}: tearing down its network failed: {e}")
@@ -72,6 +73,23 @@ def gc() -> list[str]:
     if shutil.which("nft"):
         removed += ports.sweep()
     return removed
+
+
+def _debris() -> list[str]:
+    """Pod directories without a record: a creator killed while it wrote
+    the first one (call under the state lock)."""
+    out: list[str] = []
+    try:
+        dirs = [d for d in pods_dir().iterdir() if d.is_dir() and not (d / "record.json").exists()]
+    except FileNotFoundError:
+        return out
+    for d in dirs:
+        (d / ".record.json.tmp").unlink(missing_ok=True)
+        unpin(d.name)
+        prune(d)
+        if not d.exists():
+            out.append(f"pod {d.name}: a record that was never finished")
+    return out
 
 
 def _kill(pid: int, start_time: int) -> None:

@@ -333,7 +333,8 @@ class Pod:
             owner = _proc.owner(pid)
             if owner is None:
                 raise NotRunningError(errno.ESRCH, "the holder exited while the pod was starting")
-            self._net.publish(owner, list(spec.ports))
+            # (rules of a pod that outlives this process must not vanish with it)
+            self._net.publish(owner, list(spec.ports), kernel_owned=self._persist is None)
 
     def _rollback(self) -> None:
         """Undo a half-started pod.  The error that caused it is what the

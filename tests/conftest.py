@@ -34,12 +34,18 @@ def session_leak_check():
     # shared rtnetlink socket.  Open them before measuring.
     nsbox.holder.creator_pidfd()
     nsbox.net.rtnl.shared()
+    if nsbox.net.nft.available():
+        nsbox.net.nft.context()  # this process's nftables socket (port publishing)
     fds_before = _open_fds()
     links_before = host_links()
     state_before = run_state()
     yield
     gc.collect()
     problems = []
+    try:
+        nsbox.net.settle()  # stopped pods' networks torn down in the background
+    except Exception as e:
+        problems.append(f"background network teardown: {e}")
     kids = children_of_self()
     for pid in kids:
         problems.append(f"child process {pid} ({proc_state(pid)}) left running or unreaped")
@@ -80,6 +86,7 @@ def no_leftover_links():
     """Every link a test creates in the host namespace is gone when it ends."""
     before = host_links()
     yield
+    nsbox.net.settle()  # stopped pods' links are deleted in the background
     left = host_links() - before
     if left:
         for name in left:
@@ -88,12 +95,12 @@ def no_leftover_links():
 
 
 def nsbox_nft_rules() -> list[str]:
-    """Rules tagged by nsbox in the nftables table ``ip nsbox``."""
+    """Rules tagged by nsbox in any ip-family table (the shared ``nsbox``, each process's kernel-owned ``nsbox-PID``)."""
     import shutil
 
     if shutil.which("nft") is None:
         return []
-    r = subprocess.run(["nft", "list", "table", "ip", "nsbox"], capture_output=True, text=True)
+    r = subprocess.run(["nft", "list", "ruleset", "ip"], capture_output=True, text=True)
     return [line.strip() for line in r.stdout.splitlines() if "nsbox:" in line]
 
 
@@ -113,6 +120,7 @@ def no_leftover_state():
     """No IPAM lease (or other state under /run/nsbox) outlives its test."""
     before = run_state()
     yield
+    nsbox.net.settle()  # leases and port reservations are released in the background
     left = run_state() - before
     if left:
         pytest.fail(f"test left state under /run/nsbox: {sorted(left)}", pytrace=False)

@@ -49,8 +49,10 @@ def test_teardown_keeps_the_bridge_and_releases_leases(bridge):
             with pytest.raises(nsbox.NetworkError, match="still used") as e:
                 bridge.remove()
             assert e.value.errno == errno.EBUSY
+        nsbox.net.settle()  # (the host side goes in the background)
         assert bridge.exists and bridge.ports() == [a.host_ifname]
         assert list(bridge.leases()) == [a.address.ip]
+    nsbox.net.settle()  # (the host side goes in the background)
     assert bridge.exists and bridge.ports() == [] and bridge.leases() == {}
 
 
@@ -70,6 +72,7 @@ def test_fifty_pods_from_eight_threads_get_unique_addresses(bridge):
     finally:
         with ThreadPoolExecutor(8) as ex:
             list(ex.map(lambda p: p.stop(), pods))
+    nsbox.net.settle()  # (the host side goes in the background)
     assert bridge.leases() == {}
 
 
@@ -124,6 +127,7 @@ def test_lease_of_a_dead_holder_is_reclaimed(bridge):
         time.sleep(0.02)  # the kernel removes the veth once the netns is gone
     with nsbox.Pod(network=bridge) as pod:
         assert str(pod.address.ip) == stale_ip  # reclaimed: its holder is dead
+    nsbox.net.settle()  # (the host side goes in the background)
     assert not lease.exists()
 
 
@@ -239,8 +243,9 @@ def test_stop_all_tears_everything_down(bridge):
     assert codes == [0] * 9 + [None]
     assert all(m.returncode is not None for m in members)
     assert not names & {n for _, n in socket.if_nameindex()}
+    nsbox.net.settle()  # (pods[1], stopped alone, went in the background)
     assert bridge.leases() == {} and bridge.ports() == []
-    r = subprocess.run(["nft", "list", "table", "ip", "nsbox"], capture_output=True, text=True)
+    r = subprocess.run(["nft", "list", "ruleset", "ip"], capture_output=True, text=True)
     assert "nsbox:" not in r.stdout
     assert nsbox.stop_all(pods) == codes  # idempotent
 

@@ -1,6 +1,7 @@
 """Port publishing with nftables: host -> pod through the mapping, rules
 tagged and removed, ports reserved across pods."""
 import errno
+import os
 import subprocess
 import sys
 import textwrap
@@ -30,7 +31,9 @@ SERVER = textwrap.dedent(
 
 
 def nsbox_rules() -> str:
-    r = subprocess.run(["nft", "list", "table", "ip", "nsbox"], capture_output=True, text=True)
+    """Every ip-family table (nsbox's: the shared ``nsbox`` and each
+    process's kernel-owned ``nsbox-PID``)."""
+    r = subprocess.run(["nft", "list", "ruleset", "ip"], capture_output=True, text=True)
     return r.stdout if r.returncode == 0 else ""
 
 
@@ -53,6 +56,7 @@ def test_published_port_reachable_from_the_host(bridge):
         server.kill()
         server.wait()
         server.stdout.close()
+    nsbox.net.settle()  # (the host side goes in the background)
     assert "nsbox:" not in nsbox_rules()
 
 
@@ -65,6 +69,7 @@ def test_veth_pod_ports_and_udp():
         server.kill()
         server.wait()
         server.stdout.close()
+    nsbox.net.settle()  # (the host side goes in the background)
     assert "nsbox:" not in nsbox_rules()
 
 
@@ -73,6 +78,7 @@ def test_port_published_twice_is_refused(bridge):
         with pytest.raises(nsbox.NetworkError, match="already published") as e:
             nsbox.Pod(network=bridge, ports={18084: 81}).start()
         assert e.value.errno == errno.EADDRINUSE
+        nsbox.net.settle()  # (the host side goes in the background)
         assert len(bridge.leases()) == 1  # the failed pod's lease went back
 
 
@@ -84,23 +90,50 @@ def test_port_used_by_a_host_process_is_refused(bridge):
         s.listen()
         with pytest.raises(nsbox.NetworkError, match="in use by a host process"):
             nsbox.Pod(network=bridge, ports={18085: 80}).start()
+    nsbox.net.settle()  # (the host side goes in the background)
     assert "nsbox:" not in nsbox_rules()
 
 
-def test_rules_of_a_killed_creator_are_swept(bridge):
+def test_rules_of_a_killed_creator_vanish_with_it(bridge):
+    # The rules are in the creator's kernel-owned table: the kernel deletes
+    # them when its netlink socket closes, before anyone sweeps.
+    script = textwrap.dedent(
+        """
+        import os, signal, sys, subprocess, nsbox
+        pod = nsbox.Pod(network=nsbox.Bridge(sys.argv[1], subnet=sys.argv[2]), ports={18086: 80}).start()
+        print(subprocess.run(["nft", "list", "ruleset", "ip"], capture_output=True, text=True).stdout.count("dport 18086"),
+              flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    r = run_python(script, bridge.name, str(bridge.subnet))
+    assert r.stdout.split() == ["2"], r.stderr  # it was published (output + prerouting) ...
+    assert "nsbox" not in nsbox_rules()  # ... and nothing is left: no table, no rule
+    with nsbox.Pod(network=bridge, ports={18086: 80}) as pod:  # the port is free again (its reservation is swept)
+        assert nsbox_rules().count("dport 18086") == 2
+        assert f"dnat to {pod.address.ip}:80" in nsbox_rules()
+    nsbox.net.settle()  # (the host side goes in the background)
+    assert "nsbox" not in nsbox_rules()
+
+
+def test_shared_table_rules_of_a_killed_creator_are_swept(bridge):
+    # kernel_owned=False (pods that outlive their creator): the shared table,
+    # where a dead holder's rules stay until the next sweep.
     script = textwrap.dedent(
         """
         import os, signal, sys, nsbox
-        pod = nsbox.Pod(network=nsbox.Bridge(sys.argv[1], subnet=sys.argv[2]), ports={18086: 80}).start()
+        from nsbox.net import PodNetwork
+        pod = nsbox.Pod(network=nsbox.Bridge(sys.argv[1], subnet=sys.argv[2]))
+        real = PodNetwork.publish
+        PodNetwork.publish = lambda self, owner, ports, **k: real(self, owner, ports, kernel_owned=False)
+        pod = nsbox.Pod(network=nsbox.Bridge(sys.argv[1], subnet=sys.argv[2]), ports={18088: 80}).start()
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
     run_python(script, bridge.name, str(bridge.subnet))
-    assert "dport 18086" in nsbox_rules()  # left behind by the SIGKILL
-    with nsbox.Pod(network=bridge, ports={18086: 80}) as pod:  # same port: the dead one is swept
-        assert nsbox_rules().count("dport 18086") == 2
-        assert f"dnat to {pod.address.ip}:80" in nsbox_rules()
-    assert "nsbox:" not in nsbox_rules()
+    assert "table ip nsbox {" in nsbox_rules() and "dport 18088" in nsbox_rules()  # left behind by the SIGKILL
+    nsbox.net.ports.sweep()
+    assert "nsbox" not in nsbox_rules()  # swept, and the empty table dropped
 
 
 def test_holder_sigkilled_rules_and_lease_removed_by_stop(bridge):
@@ -110,6 +143,7 @@ def test_holder_sigkilled_rules_and_lease_removed_by_stop(bridge):
     pod = nsbox.Pod(network=bridge, ports={18087: 80}).start()
     os.kill(pod.pid, signal.SIGKILL)
     pod.stop()
+    nsbox.net.settle()  # (the host side goes in the background)
     assert "nsbox:" not in nsbox_rules()
     assert bridge.leases() == {} and bridge.ports() == []
 
@@ -162,6 +196,7 @@ def test_published_pods_cannot_reach_host_loopback_services(bridge):
             pod.run([sys.executable, "-c", SPOOF, str(bridge.gateway.ip)], check=True)
             with pytest.raises(so.timeout):
                 listener.recvfrom(100)
+        nsbox.net.settle()  # (the host side goes in the background)
         with open(f"/proc/sys/net/ipv4/conf/{bridge.name}/route_localnet") as f:
             assert f.read().strip() == "0"  # back off once no published pod uses the bridge
 
@@ -177,4 +212,34 @@ def test_stale_handles_never_delete_another_pods_rules(bridge):
     with nsbox.Pod(network=bridge, ports={18098: 80}) as d:
         a.stop()  # must not touch d's rules
         assert f"dnat to {d.address.ip}:80" in nsbox_rules()
+    nsbox.net.settle()  # (the host side goes in the background)
     assert "nsbox:" not in nsbox_rules()
+
+
+def test_rules_are_changed_in_process_and_the_socket_is_not_inherited(bridge):
+    import fcntl
+
+    from nsbox.net import nft
+
+    if not nft.available():
+        pytest.skip("libnftables is not installed")
+    with nsbox.Pod(network=bridge, ports={18113: 80}) as pod:
+        assert f"table ip nsbox-{os.getpid()} {{" in nsbox_rules()
+        assert "flags owner" in nsbox_rules()
+        fds = nft.context().socket_fds
+        assert fds and all(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC for fd in fds)
+        assert f"dnat to {pod.address.ip}:80" in nsbox_rules()
+    nsbox.net.settle()
+    assert "nsbox" not in nsbox_rules()  # the empty table goes too
+
+
+def test_without_libnftables_the_nft_command_and_the_shared_table_are_used(bridge, monkeypatch):
+    from nsbox.net import nft, ports
+
+    monkeypatch.setattr(nft, "_library", lambda: None)
+    monkeypatch.setattr(ports, "_owner_ok", None)
+    with nsbox.Pod(network=bridge, ports={18114: 80}) as pod:
+        assert "table ip nsbox {" in nsbox_rules()
+        assert f"dnat to {pod.address.ip}:80" in nsbox_rules()
+    nsbox.net.settle()
+    assert "nsbox" not in nsbox_rules()

@@ -14,6 +14,7 @@ import nsbox
 from nsbox.net import Attachment, Bridge, Network, Veth, network_from_dict
 from nsbox.net.ipam import owner_of
 from nsbox.net.ports import parse_ports
+from nsbox.net.rundir import run_dir
 from helpers import run_python
 
 # Subnets owned by these tests: 10.246.x.0/24.
@@ -91,7 +92,8 @@ def test_an_attachment_is_torn_down_from_its_record_in_another_process():
             finally:
                 os.close(fd)
             try:
-                att.publish(owner_of(pod.pid), parse_ports({18246: 80}))
+                # (the shared table: a kernel-owned one only this process may change)
+                att.publish(owner_of(pod.pid), parse_ports({18246: 80}), kernel_owned=False)
                 record = json.loads(json.dumps(att.to_record()))
                 assert record["address"] == "10.246.3.2/24" and record["lease"] and record["published"]
                 assert Attachment.from_record(record).to_record() == record
@@ -107,6 +109,30 @@ def test_an_attachment_is_torn_down_from_its_record_in_another_process():
             finally:
                 att.detach()  # already done elsewhere: nothing left to do, no error
     finally:
+        bridge.remove()
+
+
+def test_kernel_owned_rules_are_not_released_from_another_process():
+    # Rules in this process's kernel-owned table can't be removed by another
+    # process: its detach says so, and the host port stays reserved.
+    bridge = Bridge("nsbrrec1", subnet="10.246.4.0/24")
+    try:
+        with nsbox.Pod(kinds=("net",)) as pod:
+            fd = os.open(f"/proc/{pod.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                att = bridge.attach(fd, pod.pid)
+            finally:
+                os.close(fd)
+            try:
+                att.publish(owner_of(pod.pid), parse_ports({18247: 80}))
+                r = run_python(DETACH, json.dumps(att.to_record()))
+                assert r.returncode != 0 and "kernel-owned" in r.stderr
+                assert (run_dir() / "ports" / "tcp-18247").exists()
+                assert "dport 18247" in subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+            finally:
+                att.detach()
+    finally:
+        nsbox.net.settle()
         bridge.remove()
 
 

@@ -63,6 +63,7 @@ def test_pod_end_is_never_in_the_host_namespace():
     with nsbox.Pod(network=veth(3)):
         during = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
     assert "10.210.3.2/" not in during
+    nsbox.net.settle()  # (the host side goes in the background)
     assert before == subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
 
 
@@ -76,6 +77,7 @@ def test_teardown_removes_the_host_link():
     name = pod.host_ifname
     assert name in {n for _, n in socket.if_nameindex()}
     pod.stop()
+    nsbox.net.settle()  # (the host side goes in the background)
     assert name not in {n for _, n in socket.if_nameindex()}
     assert pod.address is None
     pod.stop()  # idempotent
@@ -89,6 +91,7 @@ def test_holder_sigkilled_then_stop_cleans_host_side():
     name = pod.host_ifname
     os.kill(pod.pid, signal.SIGKILL)
     pod.stop()
+    nsbox.net.settle()  # (the host side goes in the background)
     assert name not in {n for _, n in socket.if_nameindex()}
 
 
@@ -114,6 +117,7 @@ def test_failure_on_the_pod_side_rolls_back(monkeypatch):
     before = holder_pids()
     with pytest.raises(nsbox.NetworkError, match="injected"):
         nsbox.Pod(network=veth(9)).start()
+    nsbox.net.settle()  # (the host side goes in the background)
     assert {n for _, n in socket.if_nameindex()} == links
     assert holder_pids() == before
 
@@ -169,6 +173,7 @@ def test_holder_failing_while_its_network_is_wired_reports_the_holder_error(monk
     with pytest.raises(nsbox.PodStartError, match="exec") as e:
         nsbox.Pod(network=veth(40)).start()
     assert e.value.errno == errno.ENOENT
+    nsbox.net.settle()  # (the host side goes in the background)
     assert {n for _, n in socket.if_nameindex()} == before_links
     assert holder_pids() == before
 

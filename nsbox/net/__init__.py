@@ -6,6 +6,7 @@ from .attachment import Attachment, detach_all
 from .bridge import Bridge
 from .network import Network, network_from_dict
 from .podnet import PodNetwork
+from .teardown import settle
 from .veth import Veth
 
-__all__ = ["Veth", "Bridge", "Network", "Attachment", "PodNetwork", "detach_all", "network_from_dict"]
+__all__ = ["Veth", "Bridge", "Network", "Attachment", "PodNetwork", "detach_all", "network_from_dict", "settle"]

@@ -20,8 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .. import _proc
 from ..errors import ConfigError, NetworkError
-from . import link
+from . import link, teardown
 from . import messages as msg
 from . import rtnl as rt
 from .validate import Interface
@@ -35,7 +36,7 @@ __all__ = ["Attachment", "attach", "detach_all"]
 RECORD_VERSION = 1
 # How long teardown waits for the kernel to delete a pod's veth with its
 # namespace before deleting it explicitly.
-KERNEL_CLEANUP = 2.0
+KERNEL_CLEANUP = teardown.KERNEL_CLEANUP
 
 
 @dataclass(eq=False)
@@ -103,6 +104,26 @@ class Attachment:
             first = errors[0]
             raise NetworkError(getattr(first, "errno", None) or errno.EIO, f"tearing down {self.host_ifname}: {first}")
 
+    def detach_later(self) -> None:
+        """Tear down in the background (:mod:`nsbox.net.teardown`): for a pod
+        whose network namespace is gone or going, so the kernel deletes the
+        link by itself.  The lease and host-port reservations become this
+        process's until the link is gone, so nothing still in use is handed
+        out.  Synchronous (:meth:`detach`) for a host side not in this
+        process's own namespace (a nested pod, or one rebuilt from a record)."""
+        if self.detached:
+            return
+        if rt.shared_in(self.host_netns) is None or not self.host_index:
+            self.detach()
+            return
+        me = _proc.owner(os.getpid())
+        if me is not None:
+            if self.lease is not None:
+                self.lease = self.lease.transfer(me)
+            if self.published is not None:
+                self.published.transfer_reservations(me)
+        teardown.defer(self)
+
     def _detach_quietly(self) -> None:
         try:
             self.detach()
@@ -149,15 +170,21 @@ class Attachment:
         with rt.Rtnl(rt.socket_in_netns(pod_netns_fd)) as pod:
             apply(pod, self.ifname, shaping)
 
-    def publish(self, owner: Owner, ports: list[tuple[str, int, int]]) -> None:
+    def publish(self, owner: Owner, ports: list[tuple[str, int, int]], *, kernel_owned: bool = True) -> None:
         """Publish ``ports`` (from :func:`nsbox.net.ports.parse_ports`) of
         the pod ``owner`` (its holder); the rules are then this attachment's,
-        removed by :meth:`detach`."""
+        removed by :meth:`detach`.  ``kernel_owned``: see
+        :func:`nsbox.net.ports.publish` (False for a pod that outlives this
+        process)."""
         if self.published is not None:
             raise ConfigError(f"ports of {self.ifname} are already published")
         if self.address is None:
             raise ConfigError(f"{self.ifname} has no address to publish ports to")
-        self.published = publish_ports(owner, self.address, self.route_ifname, ports)
+        address = self.address
+        # A stopped pod of this process may still hold a host port (torn down
+        # in the background): retry_settled.
+        self.published = teardown.retry_settled(lambda: publish_ports(owner, address, self.route_ifname, ports,
+                                                                               kernel_owned=kernel_owned))
 
     # ---- records --------------------------------------------------------------
 

@@ -15,10 +15,10 @@ from typing import Any, Optional
 
 from ..errors import ConfigError, NetworkError
 from . import messages as msg
-from . import rtnl
+from . import rtnl, teardown
 from .validate import check_ifname, check_mac, check_mtu
 from .attachment import Attachment, attach
-from .ipam import Ipam, owner_of
+from .ipam import Ipam, Owner, owner_of
 from .link import index_of, link_index
 from .network import NetworkConfig
 from .shaping import Shaping
@@ -119,6 +119,11 @@ class Bridge(NetworkConfig):
         owner = owner_of(holder_pid)
         if owner is None:
             raise NetworkError(errno.ESRCH, "the pod's holder exited while its network was being set up")
+        # A stopped pod of this process may still hold the address asked
+        # for, or the host name (torn down in the background): retry_settled.
+        return teardown.retry_settled(lambda: self._attach(pod_netns_fd, owner, primary))
+
+    def _attach(self, pod_netns_fd: int, owner: Owner, primary: bool) -> Attachment:
         with rtnl.shared() as host:
             with self._ipam.locked():
                 bridge_index = self._ensure_bridge(host)
@@ -195,7 +200,10 @@ class Bridge(NetworkConfig):
     def remove(self) -> None:
         """Delete the bridge and its IPAM state.  Raises NetworkError (EBUSY)
         while a pod still uses it, (EEXIST) for a link of that name nsbox did
-        not make for this subnet; a no-op when it does not exist."""
+        not make for this subnet; a no-op when it does not exist.  Stopped
+        pods' teardowns still in the background are waited for first."""
+        if teardown.pending():
+            teardown.settle()
         with rtnl.Rtnl() as host, self._ipam.locked():
             if link_index(host, self.name) is None:
                 self._ipam.destroy()

@@ -11,6 +11,7 @@ happens under nsbox's state lock (:mod:`nsbox.net.rundir`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import os
@@ -63,6 +64,20 @@ class Lease:
     def release(self) -> None:
         """Give the address back if the owner still holds it; idempotent."""
         Ipam(self.dir.name, self.network, set(), dir=self.dir).release(self.address, self.owner)
+
+    def transfer(self, owner: Owner) -> "Lease":
+        """The same address leased to ``owner`` instead (e.g. this process,
+        while a stopped pod's link is still being deleted); a lease no longer
+        held is not taken back."""
+        ipam = Ipam(self.dir.name, self.network, set(), dir=self.dir)
+        with ipam.locked():
+            path = ipam._lease_path(self.address)
+            if ipam._owner(path) == self.owner:
+                ipam._write(self.address, owner)
+            ours = _ours.get(self.dir, {})
+            if ours.get(str(self.address)) == self.owner:
+                ours[str(self.address)] = owner
+        return dataclasses.replace(self, owner=owner)
 
     def to_record(self) -> dict[str, Any]:
         return {"dir": str(self.dir), "network": str(self.network), "address": str(self.address),

@@ -36,7 +36,7 @@ class PodNetwork:
                 made.attachments.append(net.attach(pod_netns_fd, holder_pid, primary=i == 0))
         except BaseException:
             try:
-                made.detach()
+                made.detach(background=False)  # (the pod's namespace is still alive)
             except Exception:
                 pass  # the attach error is the one to report
             raise
@@ -46,11 +46,14 @@ class PodNetwork:
     def primary(self) -> Optional[Attachment]:
         return self.attachments[0] if self.attachments else None
 
-    def publish(self, owner: Owner, ports: list[tuple[str, int, int]]) -> None:
-        """Publish ``ports`` to the primary address (rules owned by it)."""
+    def publish(self, owner: Owner, ports: list[tuple[str, int, int]], *, kernel_owned: bool = True) -> None:
+        """Publish ``ports`` to the primary address (rules owned by it).
+        ``kernel_owned`` (default): the rules vanish with this process, even
+        if it is SIGKILLed; pass False for a pod that outlives it (a
+        persistent pod), whose rules gc sweeps once its holder is dead."""
         if self.primary is None:
             raise ConfigError("ports= needs a network (network=nsbox.Bridge(...) or nsbox.Veth(...))")
-        self.primary.publish(owner, ports)
+        self.primary.publish(owner, ports, kernel_owned=kernel_owned)
 
     def find(self, ifname: Optional[str]) -> Attachment:
         """The attachment of the pod interface ``ifname`` (None: the primary)."""
@@ -85,13 +88,22 @@ class PodNetwork:
         atts, self.attachments = self.attachments[::-1], []
         return atts
 
-    def detach(self) -> None:
+    def detach(self, background: bool = True) -> None:
         """Undo everything, in reverse; the first error is raised once all
-        was tried."""
+        was tried.
+
+        ``background`` (for a pod whose holder was reaped: its network
+        namespace is gone or going): the links are left to the kernel, which
+        deletes them with the namespace, and the rest is released once they
+        are gone, by :mod:`nsbox.net.teardown`; :func:`nsbox.net.settle`
+        waits for it.  Else everything is deleted before this returns."""
         errors = []
         for att in self.take():
             try:
-                att.detach()
+                if background:
+                    att.detach_later()
+                else:
+                    att.detach()
             except Exception as e:
                 errors.append(e)
         if errors:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any, Optional
 
 from ..errors import ConfigError
-from . import rtnl
+from . import rtnl, teardown
 from .validate import check_ifname, check_interface, check_mac, check_mtu
 from .attachment import Attachment, attach
 from .network import NetworkConfig
@@ -119,6 +119,11 @@ class Veth(NetworkConfig):
     def attach(self, pod_netns_fd: int, holder_pid: int, *, primary: bool = True) -> Attachment:
         """Make this network's link for the pod whose network namespace is
         ``pod_netns_fd``; only the ``primary`` network gives it a default route."""
+        # A stopped pod of this process may still hold the host address or
+        # name (its link is being torn down in the background): retry_settled.
+        return teardown.retry_settled(lambda: self._attach(pod_netns_fd, primary))
+
+    def _attach(self, pod_netns_fd: int, primary: bool) -> Attachment:
         gateway = self.host_address.ip if primary and self.default_route and self.host_address else None
         with rtnl.shared() as host:
             return attach(host, pod_netns_fd, ifname=self.ifname, address=self.address,
