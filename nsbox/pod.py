@@ -155,6 +155,7 @@ class Pod:
         assert record.holder is not None
         holder = Holder.adopt(record.holder[0], record.holder[1], self.spec.kinds)
         self._holder, self._pid, self._state = holder, holder.pid, "running"
+        self._start_time = record.holder[1]
         self._inodes = dict(record.inodes)
         self._members = Members(holder.pid, self.spec.kinds, self._inodes, holder.reaped_elsewhere)
         self._net = PodNetwork.from_record(record.network)
@@ -288,8 +289,6 @@ class Pod:
             self._rollback()
             raise
         self._started_at = time.time()
-        st = _proc.stat(holder.pid)  # (our unreaped child: the PID is the holder's)
-        self._start_time = st.start_time if st is not None else None
         lifecycle.watch(self, [holder.pidfd, holder.lifeline])
 
     def restart(self, timeout: float = 10.0) -> "Pod":
@@ -407,8 +406,18 @@ class Pod:
         self._reap_holder(None)
         self._finish(network_out)
 
+    def _note_start_time(self) -> None:
+        """The holder's start time (its identity, with the PID), read while
+        it is our unreaped child: when asked, or at the latest before it is
+        reaped (not at start: it would cost every pod a /proc read).  (Lock held.)"""
+        holder = self._holder
+        if self._start_time is None and holder is not None and holder.returncode is None and holder.lifeline >= 0:
+            st = _proc.stat(holder.pid)
+            self._start_time = st.start_time if st is not None else None
+
     def _reap_holder(self, deadline: Optional[float]) -> bool:
         assert self._holder is not None and self._members is not None
+        self._note_start_time()
         return self._holder.reap(deadline, self._members.reap, self._members.reap_strays)
 
     def _finish(self, network_out: Optional[list] = None) -> None:
@@ -584,6 +593,7 @@ class Pod:
         with self._lock:
             holder = self._holder
             state = self._state
+            self._note_start_time()
             if state == "running" and holder is not None and holder.exiting():
                 state = "exited"  # (being noticed right now)
             elif state == "stopped" and not self._stop_requested:
