@@ -330,6 +330,7 @@ def interleaved(plans: dict, rounds: int, make_arg=lambda: None, teardown=True, 
                 result = undo()
                 left = [x for x in (result if isinstance(result, tuple) else (result,)) if isinstance(x, str)]
                 wait_links_gone(left)
+                _settle()  # (nsbox's background teardown is the teardown's time, not the next create's)
     return times
 
 

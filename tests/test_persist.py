@@ -180,7 +180,7 @@ def test_creators_killed_at_random_points_leave_nothing_after_gc():
     import random
 
     rng = random.Random(8)
-    for _ in range(12):
+    for _ in range(50):
         r = run_python(_START_THEN_DIE, str(rng.uniform(0.0, 0.08)))
         assert r.returncode == -signal.SIGKILL, r.stderr
         nsbox.gc()
@@ -196,3 +196,29 @@ def test_creators_killed_at_random_points_leave_nothing_after_gc():
     assert wait_until(lambda: not bridge.ports(), timeout=5)  # (see above)
     bridge.remove()
     # (conftest: no holder, link, rule, mount or file under the run directory is left)
+
+
+def test_two_processes_restarting_one_pod_make_one_sandbox():
+    pod = nsbox.Pod(name="nsbt-race", persist=True).start()
+    pod.stop()
+    script = textwrap.dedent("""
+        import sys, time, nsbox
+        pod = nsbox.Pod.attach("nsbt-race")
+        time.sleep(max(0.0, float(sys.argv[1]) - time.time()))  # both at once
+        pod.restart()
+        print(pod.pid)
+    """)
+    import time as _time
+
+    at = str(_time.time() + 0.5)
+    procs = [subprocess.Popen([__import__("sys").executable, "-c", script, at], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd="/") for _ in range(2)]
+    outs = [p.communicate(timeout=30) for p in procs]
+    try:
+        assert all(p.returncode == 0 for p in procs), outs
+        pids = {int(out) for out, _ in outs}
+        assert len(pids) == 1, f"two sandboxes: {pids}"
+        s = _status("nsbt-race")
+        assert s.state == "running" and s.pid in pids
+    finally:
+        nsbox.Pod.attach("nsbt-race").remove(force=True)
