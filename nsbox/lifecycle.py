@@ -16,6 +16,7 @@ import select
 import threading
 import weakref
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Optional
 
 from . import _syscalls
@@ -23,7 +24,7 @@ from . import _syscalls
 if TYPE_CHECKING:
     from .pod import Pod
 
-__all__ = ["PodStatus", "watch", "unwatch"]
+__all__ = ["PodStatus", "watch", "unwatch", "DoneCallbacks", "Backoff"]
 
 log = logging.getLogger("nsbox")
 
@@ -170,3 +171,60 @@ def unwatch(pod: Pod) -> None:
     _watcher.unwatch(pod)
 
 
+
+
+class DoneCallbacks:
+    """A pod's done callbacks.  Each exit takes a snapshot of them (with the
+    pod's lock held, as the exit happens); the snapshot is run once, with no
+    lock held.  A callback added after an exit is not in its snapshot."""
+
+    def __init__(self) -> None:
+        self.fns: list[Callable[[Pod], object]] = []
+        self._due: list[Callable[[Pod], object]] = []
+
+    def remove(self, fn: Callable[[Pod], object]) -> int:
+        before = len(self.fns)
+        self.fns = [f for f in self.fns if f != fn]
+        return before - len(self.fns)
+
+    def exited(self) -> None:
+        """An exit happened: its callbacks are due.  (Pod lock held.)"""
+        self._due.extend(self.fns)
+
+    def take_due(self) -> list[Callable[[Pod], object]]:
+        """(Pod lock held.)"""
+        due, self._due = self._due, []
+        return due
+
+    @staticmethod
+    def call(pod: Pod, fns: list[Callable[[Pod], object]]) -> None:
+        """Run ``fns`` (no lock held): an exception is logged, never raised."""
+        for fn in fns:
+            try:
+                fn(pod)
+            except Exception:
+                log.exception("exception calling done callback %r of %r", fn, pod)
+
+
+class Backoff:
+    """``restart=True``: how long to wait before the next sandbox, as the
+    kubelet's CrashLoopBackOff.  The first restart is immediate; from the
+    second sandbox in a row that lived less than ``STABLE_RUN`` seconds on,
+    ``FIRST`` seconds, doubling up to ``MAX``."""
+
+    STABLE_RUN = 10.0
+    FIRST = 0.1
+    MAX = 10.0
+
+    def __init__(self) -> None:
+        self.short_lives = 0  # sandboxes in a row that died young
+
+    def delay(self, lived: float) -> float:
+        """The wait before the next sandbox, after one that lived ``lived`` s."""
+        self.short_lives = self.short_lives + 1 if lived < self.STABLE_RUN else 0
+        if self.short_lives <= 1:
+            return 0.0
+        return min(self.FIRST * 2 ** (self.short_lives - 2), self.MAX)
+
+    def reset(self) -> None:
+        self.short_lives = 0

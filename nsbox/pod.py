@@ -35,7 +35,7 @@ from .namespaces import joined as _joined
 from .net import Attachment, Network, PodNetwork, detach_all
 from .net.shaping import Shaping
 from .spawn import PodProcess, run_process
-from .lifecycle import PodStatus
+from .lifecycle import Backoff, DoneCallbacks, PodStatus
 from .persist import Persistence
 from .records import Record, check_name
 from .spec import IdMap, PodSpec
@@ -46,11 +46,6 @@ log = logging.getLogger("nsbox")
 
 # How long stop() waits for the holder after it was told to exit, before SIGKILL.
 _HOLDER_GRACE = 5.0
-# restart=True: a sandbox that lived less than this died young; from the
-# second in a row on, restarts wait _BACKOFF_FIRST, doubling up to _BACKOFF_MAX.
-_STABLE_RUN = 10.0
-_BACKOFF_FIRST = 0.1
-_BACKOFF_MAX = 10.0
 # Pods are locked in this order when several are (stop_all): no lock cycles.
 _lock_order = itertools.count()
 
@@ -172,13 +167,12 @@ class Pod:
         self._lock = threading.RLock()
         self._order = next(_lock_order)
         self._state = "new"  # new -> running -> stopped (-> running again: restart)
-        self._callbacks: list[Callable[[Pod], object]] = []
+        self._done = DoneCallbacks()
         self._restarts = 0
         self._last_returncode: Optional[int] = None
         self._exited_at: Optional[float] = None  # the last sandbox's exit
-        self._due: list[Callable[[Pod], object]] = []  # callbacks of exits not yet run
         self._restart_timer: Optional[threading.Timer] = None
-        self._short_lives = 0  # sandboxes in a row that died young (restart back-off)
+        self._backoff = Backoff()  # restart=True
         self._error: Optional[str] = None
         self._new_sandbox()
 
@@ -302,7 +296,7 @@ class Pod:
                 first = self._state == "new"
                 stopped = self._state == "running" and self._stop_locked(timeout)
                 self._restart_timer = None  # (a scheduled restart: this is it)
-                self._short_lives = 0  # (a restart by hand starts the back-off afresh)
+                self._backoff.reset()  # (a restart by hand starts the back-off afresh)
                 self._start_sandbox(first=first)
         finally:
             if stopped:
@@ -429,7 +423,7 @@ class Pod:
             lifecycle.unwatch(self)
             self._holder.close()
             self._last_returncode = self._holder.returncode
-            self._due.extend(self._callbacks)  # this exit's callbacks, run once the lock is released
+            self._done.exited()  # this exit's callbacks, run once the lock is released
         self._state = "stopped"
         self._exited_at = time.time()
         # Host-side objects go by what was recorded, whatever became of the netns.
@@ -508,10 +502,7 @@ class Pod:
         (Lock held.)"""
         if not self.spec.restart or (self._persist is not None and not self._persist.wants_restart()):
             return False
-        lived = (self._exited_at or 0) - (self._started_at or 0)
-        self._short_lives = self._short_lives + 1 if lived < _STABLE_RUN else 0
-        delay = 0.0 if self._short_lives <= 1 else min(_BACKOFF_FIRST * 2 ** (self._short_lives - 2), _BACKOFF_MAX)
-        timer = threading.Timer(delay, self._restart_now)
+        timer = threading.Timer(self._backoff.delay((self._exited_at or 0) - (self._started_at or 0)), self._restart_now)
         timer.daemon = True
         self._restart_timer = timer
         timer.start()
@@ -560,32 +551,21 @@ class Pod:
         if not callable(fn):
             raise ConfigError(f"a done callback must be callable, not {fn!r}")
         with self._lock:
-            self._callbacks.append(fn)
+            self._done.fns.append(fn)
             done = self._state == "stopped" and self._restart_timer is None
         if done:
-            self._call(fn)
+            DoneCallbacks.call(self, [fn])
 
     def remove_done_callback(self, fn: Callable[["Pod"], object]) -> int:
         """Forget ``fn``; returns how many times it was registered."""
         with self._lock:
-            before = len(self._callbacks)
-            self._callbacks = [f for f in self._callbacks if f != fn]
-            return before - len(self._callbacks)
+            return self._done.remove(fn)
 
     def _run_callbacks(self) -> None:
-        """Run the callbacks due for the exits seen so far (each snapshot was
-        taken with the exit, under the lock: a callback added after an exit
-        was run by add_done_callback, and is not run again here)."""
+        """Run the callbacks due for the exits seen so far (no lock held)."""
         with self._lock:
-            due, self._due = self._due, []
-        for fn in due:
-            self._call(fn)
-
-    def _call(self, fn: Callable[["Pod"], object]) -> None:
-        try:
-            fn(self)
-        except Exception:
-            log.exception("exception calling done callback %r of %r", fn, self)
+            due = self._done.take_due()
+        DoneCallbacks.call(self, due)
 
     def status(self) -> PodStatus:
         """A snapshot: state (new, running, exited, stopped), the holder's
