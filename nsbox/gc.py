@@ -17,6 +17,7 @@ network namespace the veth pairs in it.  What needs gc after a crash:
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -26,7 +27,8 @@ from . import _proc, _syscalls
 from .net import ipam, ports
 from .net.podnet import PodNetwork
 from .net.rundir import locked, prune
-from .records import Record, names, pods_dir, unpin
+from .persist import readable_records
+from .records import Record, pods_dir, unpin
 
 __all__ = ["gc"]
 
@@ -37,9 +39,11 @@ def gc() -> list[str]:
     what nsbox did not make, nor anything of a pod whose holder runs."""
     removed: list[str] = []
     with locked():
-        records = [r for r in (Record.load(n) for n in names()) if r is not None]
+        records = readable_records()
         removed += _debris()
     for rec in records:
+        if rec.state in ("starting", "stopping") and rec.creator_alive():
+            continue  # in progress in another process: not ours to touch
         alive = rec.holder_alive()
         # A start or stop whose process died half-way: gc finishes it.
         abandoned = rec.state in ("starting", "stopping") and not rec.creator_alive()
@@ -84,11 +88,22 @@ def _debris() -> list[str]:
     except FileNotFoundError:
         return out
     for d in dirs:
-        (d / ".record.json.tmp").unlink(missing_ok=True)
-        unpin(d.name)
-        prune(d)
-        if not d.exists():
-            out.append(f"pod {d.name}: a record that was never finished")
+        try:
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a start is going on in it
+            (d / ".record.json.tmp").unlink(missing_ok=True)
+            unpin(d.name)
+            prune(d)
+            if not d.exists():
+                out.append(f"pod {d.name}: a record that was never finished")
+        finally:
+            os.close(fd)
     return out
 
 

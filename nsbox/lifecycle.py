@@ -96,7 +96,12 @@ class _Watcher:
             self._fds[id(pod)] = fds
 
     def unwatch(self, pod: Pod) -> None:
-        with self._lock:
+        # Bounded: at interpreter exit a daemon watcher thread can be frozen
+        # holding the lock (it waits for the GIL forever).  The caller closes
+        # the fds next, which takes them out of the epoll set anyway.
+        if not self._lock.acquire(timeout=1.0):
+            return
+        try:
             for fd in self._fds.pop(id(pod), ()):
                 del self._pods[fd]
                 self._busy.discard(fd)
@@ -105,6 +110,8 @@ class _Watcher:
                         self._epoll.unregister(fd)
                     except OSError:  # pragma: no cover - closed behind our back
                         pass
+        finally:
+            self._lock.release()
 
     def _run(self) -> None:
         while True:

@@ -23,7 +23,7 @@ from .records import Record, pin, pod_dir
 if TYPE_CHECKING:
     from .lifecycle import PodStatus
 
-__all__ = ["Persistence", "pods"]
+__all__ = ["Persistence", "pods", "readable_records"]
 
 
 class Persistence:
@@ -35,11 +35,19 @@ class Persistence:
     def exclusive(self) -> Iterator[None]:
         """Only one process at a time starts or restarts this pod: a lock on
         its directory (not the state lock, which starting takes itself)."""
-        with locked():
-            pod_dir(self.name).mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(pod_dir(self.name), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        while True:
+            with locked():  # (gc prunes empty pod directories under this lock)
+                pod_dir(self.name).mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(pod_dir(self.name), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_nlink:
+                    break  # (else removed while we waited: lock the new one)
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)
@@ -105,8 +113,16 @@ class Persistence:
 
     def stopping(self) -> None:
         """Before the holder is told to exit: no process restarts it then
-        (and gc finishes the stop if this process dies before it did)."""
-        self._update(state="stopping", creator=_proc.owner(os.getpid()))
+        (and gc finishes the stop if this process dies before it did).  Only
+        if the record still names this pod's holder: a stale Pod whose
+        sandbox another process replaced must not mark (or get killed) the
+        new one."""
+        with locked():
+            rec = Record.load(self.name)
+            if rec is None or self.record is None or rec.holder is None or rec.holder != self.record.holder:
+                return
+            rec.state, rec.creator = "stopping", _proc.owner(os.getpid())
+            rec.save()
 
     def wants_restart(self) -> bool:
         """After a holder death: false if some process is stopping the pod."""
@@ -137,6 +153,10 @@ class Persistence:
             if rec is not None:
                 if rec.holder_alive():
                     raise ConfigError(f"pod {self.name!r} is running (PID {rec.holder and rec.holder[0]}); stop it first")
+                if rec.state in ("starting", "stopping") and rec.creator_alive():
+                    raise ConfigError(
+                        f"pod {self.name!r} is {rec.state} (by PID {rec.creator and rec.creator[0]}); try again once it is done"
+                    )
                 rec.delete()
             self.record = None
 
@@ -161,22 +181,43 @@ class Persistence:
 def pods() -> list["PodStatus"]:
     """The persistent pods on this machine (their records), with their status."""
     from .lifecycle import PodStatus
-    from .records import names
 
     out = []
     with locked():
-        records = [r for r in (Record.load(n) for n in names()) if r is not None]
+        records = readable_records()
     for rec in records:
         alive = rec.holder_alive()
         state = rec.state
-        if state in ("starting", "running", "stopping") and not alive:
+        if state in ("starting", "stopping") and rec.creator_alive():
+            pass  # in progress in another process
+        elif state == "stopping" and alive:
+            pass  # its stopper died: gc finishes the stop
+        elif state in ("starting", "running", "stopping") and not alive:
             state = "exited"
-        elif state == "starting" and not rec.creator_alive():
-            state = "exited"  # its creator died while starting it: gc removes it
         out.append(PodStatus(
             state=state, pid=rec.holder[0] if alive and rec.holder else None,
             start_time=rec.holder[1] if alive and rec.holder else None, returncode=rec.returncode,
             exited_at=rec.exited_at, restarts=rec.restarts, inodes=dict(rec.inodes) if alive else {},
             name=rec.name, pins=dict(rec.pins) if alive else {},
         ))
+    return out
+
+
+def readable_records() -> list[Record]:
+    """Every record that can be read (call under the state lock); one that
+    cannot is logged and skipped, so it never blocks the others."""
+    import logging
+
+    from .errors import NsboxError
+    from .records import names
+
+    out = []
+    for name in names():
+        try:
+            rec = Record.load(name)
+        except NsboxError as e:
+            logging.getLogger("nsbox").warning("skipping pod %r: %s", name, e)
+            continue
+        if rec is not None:
+            out.append(rec)
     return out

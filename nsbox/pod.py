@@ -764,12 +764,26 @@ class Pod:
         return f"<nsbox.Pod{name} {self._state}{pid} kinds={','.join(self.kinds)}{host}>"
 
     def __del__(self) -> None:
-        if getattr(self, "_state", None) == "running" and getattr(self, "_persist", None) is None:
+        if getattr(self, "_state", None) != "running":
+            return
+        # Bounded: at interpreter exit a daemon thread (the watcher, a restart
+        # timer) may be frozen holding this lock for good.
+        if not self._lock.acquire(timeout=1.0):
+            return
+        try:
+            if self._persist is not None:
+                # A persistent pod lives on: only this object's handles on it go.
+                if self._holder is not None:
+                    lifecycle.unwatch(self)
+                    self._holder.close()
+                return
             warnings.warn(f"{self!r} was never stopped; stopping it now", ResourceWarning, source=self, stacklevel=2)
             try:
                 self.stop(timeout=0)
             except Exception:
                 pass
+        finally:
+            self._lock.release()
 
 
 def stop_all(pods: Iterable[Pod], timeout: float = 10.0) -> list[Optional[int]]:

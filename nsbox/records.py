@@ -54,7 +54,7 @@ def pod_dir(name: str) -> Path:
 def names() -> list[str]:
     """Names of the pods that have a record (call under the state lock)."""
     try:
-        return sorted(p.name for p in pods_dir().iterdir() if (p / "record.json").exists())
+        return sorted(p.name for p in pods_dir().iterdir() if _NAME.match(p.name) and (p / "record.json").exists())
     except FileNotFoundError:
         return []
 
