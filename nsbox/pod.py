@@ -137,9 +137,14 @@ class Pod:
         pod._persist.record = record
         pod._restarts = record.restarts
         with pod._lock:
-            if record.state == "running" and record.holder_alive():
-                pod._adopt(record)
-            else:
+            adopted = False
+            if record.state in ("running", "stopping") and record.holder_alive():
+                try:
+                    pod._adopt(record)
+                    adopted = True
+                except NotRunningError:
+                    pass  # it exited just now: a stopped pod, as below
+            if not adopted:
                 pod._state = "stopped"
                 pod._stop_requested = record.state == "stopped"
                 pod._last_returncode, pod._exited_at = record.returncode, record.exited_at
