@@ -145,7 +145,7 @@ def test_many_pods_one_watcher():
         nsbox.stop_all(pods)
 
 
-def test_many_cycles_with_injected_failures_leak_nothing(monkeypatch):
+def test_a_thousand_cycles_with_injected_failures_leak_nothing(monkeypatch):
     import random
 
     from nsbox.pod import Pod
@@ -162,12 +162,18 @@ def test_many_cycles_with_injected_failures_leak_nothing(monkeypatch):
 
     with nsbox.Pod(network=nsbox.Veth("10.248.250.2/24", "10.248.250.1/24")):
         pass  # what a process keeps once it made a pod: the shared netlink socket, the watcher's epoll
+    nsbox.net.settle()
     monkeypatch.setattr(Pod, "_wire", flaky_wire)
+    import socket
+
+    from helpers import children_of_self
+
+    links = socket.if_nameindex()
     fds = sorted(os.listdir("/proc/self/fd"))
     with open("/proc/self/mountinfo") as f:
         mounts = f.read()
     failed = 0
-    for i in range(300):
+    for i in range(1000):
         persist = i % 10 == 0
         pod = nsbox.Pod(kinds=("net", "uts", "pid"), network=nsbox.Veth(f"10.248.{i % 200}.2/24", f"10.248.{i % 200}.1/24"),
                         name=f"nsbt-cyc{i}" if persist else None, persist=persist)
@@ -182,8 +188,11 @@ def test_many_cycles_with_injected_failures_leak_nothing(monkeypatch):
         pod.stop()
         if persist:
             pod.remove()
-    assert 50 < failed < 200
+    assert 250 < failed < 600
+    nsbox.net.settle()
     assert sorted(os.listdir("/proc/self/fd")) == fds
+    assert socket.if_nameindex() == links
+    assert [p for p in children_of_self() if proc_state(p) is not None] == []
     with open("/proc/self/mountinfo") as f:
         assert f.read() == mounts
     assert nsbox.pods() == []
