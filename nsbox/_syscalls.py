@@ -20,7 +20,7 @@ __all__ = [
     "KERNEL_FLOOR", "require_kernel",
     "CLONE_NEW", "CLONE_FS", "Stage",
     "pidfd_open", "pidfd_send_signal", "setns", "unshare", "socket_in_netns", "park", "close_parked",
-    "signal_quietly", "fd_readable", "pid_is_alive", "wait_any", "bind_mount", "umount",
+    "signal_quietly", "fd_readable", "pid_is_alive", "wait_any", "bind_mount", "make_shared", "umount",
 ]
 
 # Namespace kind -> its CLONE_NEW* flag, from the kernel headers nsbox was built against.
@@ -131,6 +131,13 @@ def unshare(flags: int) -> None:
 def bind_mount(source: str, target: str) -> None:
     """``mount --bind source target``."""
     if lib.nsbox_mount(os.fsencode(source), os.fsencode(target), ffi.NULL, lib.MS_BIND, ffi.NULL) < 0:
+        _raise(target)
+
+
+def make_shared(target: str) -> None:
+    """``mount --make-rshared target``: mounts made below it propagate to
+    the copies of this mount in other mount namespaces, and back."""
+    if lib.nsbox_mount(ffi.NULL, os.fsencode(target), ffi.NULL, lib.MS_SHARED | lib.MS_REC, ffi.NULL) < 0:
         _raise(target)
 
 

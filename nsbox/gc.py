@@ -28,7 +28,7 @@ from .net import ipam, ports
 from .net.podnet import PodNetwork
 from .net.rundir import locked, prune
 from .persist import readable_records
-from .records import Record, pods_dir, unpin
+from .records import Record, pods_dir, unpin, unshare_pods_dir
 
 __all__ = ["gc"]
 
@@ -104,6 +104,7 @@ def _debris() -> list[str]:
                 out.append(f"pod {d.name}: a record that was never finished")
         finally:
             os.close(fd)
+    unshare_pods_dir()
     return out
 
 

@@ -117,11 +117,52 @@ class Record:
         unpin(self.name)
         self.path.unlink(missing_ok=True)
         prune(pod_dir(self.name))
+        unshare_pods_dir()
+
+
+def _is_mount_point(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def _share_pods_dir() -> None:
+    """Make the pods directory a shared mount point of its own, once (as
+    ``ip netns`` does with /run/netns): pins made in it then appear in the
+    mount namespaces that copied it, whatever the propagation of the mount
+    it lives on.  (Under the state lock.)"""
+    d = pods_dir()
+    if _is_mount_point(d):
+        return
+    _syscalls.bind_mount(str(d), str(d))
+    try:
+        _syscalls.make_shared(str(d))
+    except OSError:
+        _syscalls.umount(str(d))
+        raise
+
+
+def unshare_pods_dir() -> None:
+    """Once no pod is left in it: unmount the pods directory and remove it
+    (nothing of nsbox stays mounted).  (Under the state lock.)"""
+    d = pods_dir()
+    try:
+        if any(d.iterdir()):
+            return
+    except FileNotFoundError:
+        return
+    if _is_mount_point(d):
+        _syscalls.umount(str(d))
+    prune(d)
 
 
 def pin(name: str, pid: int, kinds: tuple[str, ...]) -> dict[str, str]:
     """Bind-mount ``/proc/PID/ns/KIND`` at ``pods/NAME/ns/KIND`` for each
     pinnable kind; returns ``{kind: path}``.  On failure, undoes what it did."""
+    pods_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        _share_pods_dir()
+    except OSError as e:
+        raise NsboxError(f"making {pods_dir()} a shared mount point: {e.strerror}") from None
     ns_dir = pod_dir(name) / "ns"
     ns_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     pins: dict[str, str] = {}

@@ -68,6 +68,22 @@ def test_a_persistent_pod_outlives_its_creator_and_is_attached_by_name():
                 nsbox.Pod.attach("nsbt-web").remove(force=True)
 
 
+def test_the_pods_directory_is_a_shared_mount_point_while_pods_exist():
+    def mount_of(path):
+        with open("/proc/self/mountinfo") as f:
+            return next((line.split() for line in f if line.split()[4] == str(path)), None)
+
+    pod = nsbox.Pod(name="nsbt-shared", persist=True).start()
+    try:
+        fields = mount_of(_pods_dir())
+        assert fields is not None and any(f.startswith("shared:") for f in fields[6:fields.index("-")])
+        assert mount_of(_pods_dir() / "nsbt-shared" / "ns" / "uts") is not None
+    finally:
+        pod.stop()
+        pod.remove()
+    assert mount_of(_pods_dir()) is None and not _pods_dir().exists()
+
+
 def test_names_are_checked_and_unique():
     with pytest.raises(nsbox.ConfigError, match="needs a name"):
         nsbox.Pod(persist=True)
