@@ -82,15 +82,20 @@ print(json.dumps(att.to_record()))
 """
 
 
+def _attach(bridge, pod):
+    """``bridge`` attached to ``pod`` by hand (the Attachment is the test's)."""
+    fd = os.open(f"/proc/{pod.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return bridge.attach(fd, pod.pid)
+    finally:
+        os.close(fd)
+
+
 def test_an_attachment_is_torn_down_from_its_record_in_another_process():
     bridge = Bridge("nsbrrec0", subnet="10.246.3.0/24", rate="10mbit")
     try:
         with nsbox.Pod(kinds=("net",)) as pod:
-            fd = os.open(f"/proc/{pod.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                att = bridge.attach(fd, pod.pid)
-            finally:
-                os.close(fd)
+            att = _attach(bridge, pod)
             try:
                 # (the shared table: a kernel-owned one only this process may change)
                 att.publish(owner_of(pod.pid), parse_ports({18246: 80}), kernel_owned=False)
@@ -118,11 +123,7 @@ def test_kernel_owned_rules_are_not_released_from_another_process():
     bridge = Bridge("nsbrrec1", subnet="10.246.4.0/24")
     try:
         with nsbox.Pod(kinds=("net",)) as pod:
-            fd = os.open(f"/proc/{pod.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                att = bridge.attach(fd, pod.pid)
-            finally:
-                os.close(fd)
+            att = _attach(bridge, pod)
             try:
                 att.publish(owner_of(pod.pid), parse_ports({18247: 80}))
                 r = run_python(DETACH, json.dumps(att.to_record()))
