@@ -4,6 +4,9 @@
 - "server" listens on 127.0.0.1:9000 and creates a SysV message queue.
 - "client" talks to it over the pod's own localhost, sees the same queue and
   the same hostname; the host sees neither.
+- Both share a pod volume (an emptyDir): the server writes a file, the
+  client reads it; the host finds it where `pod.volume_path()` says.
+- The pod has its own /etc/hostname and /etc/hosts; the host's are unchanged.
 - A member leaves orphans behind; `ps` shows the holder reaped them.
 
 Run it as root: `make demo`.
@@ -19,6 +22,7 @@ SERVER = textwrap.dedent(
     """
     import socket, subprocess
     subprocess.run(["ipcmk", "-Q"], check=True, stdout=subprocess.DEVNULL)  # a SysV message queue
+    open("/shared/server.txt", "w").write("written by the server\\n")  # the pod's volume
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", 9000)); s.listen()
     print("server: listening on 127.0.0.1:9000", flush=True)
@@ -44,7 +48,8 @@ def section(title):
 
 def main():
     # mnt + mount_proc (the default with mnt and pid) gives `ps` a /proc of the pod's own.
-    with nsbox.Pod(kinds=("net", "ipc", "uts", "pid", "mnt"), hostname="demo-pod") as pod:
+    with nsbox.Pod(kinds=("net", "ipc", "uts", "pid", "mnt"), hostname="demo-pod",
+                   volumes={"/shared": nsbox.EmptyDir(medium="memory", size_limit="16Mi")}) as pod:
         section("the pod")
         print(f"{pod!r}")
         print(f"holder: host PID {pod.pid}; namespaces: " + ", ".join(f"{k}:[{pod.inode(k)}]" for k in pod.kinds))
@@ -67,6 +72,14 @@ def main():
         print(f"host: hostname is {subprocess.run(['hostname'], capture_output=True, text=True).stdout.strip()}, "
               f"message queues visible: {host_queues}")
 
+        section("a shared volume and the pod's own /etc files")
+        r = pod.run(["sh", "-c", "echo \"client: /shared/server.txt says: $(cat /shared/server.txt)\"; "
+                     "echo \"client: /etc/hostname says $(cat /etc/hostname); /etc/hosts has: "
+                     "$(grep -v ^# /etc/hosts | grep demo-pod)\""], capture_output=True, text=True, check=True)
+        print(r.stdout, end="")
+        volume = pod.volume_path("/shared")
+        print(f"host: the volume is {volume} (a tmpfs of 16 MiB): {(volume / 'server.txt').read_text()!r}")
+
         section("orphans are reaped by PID 1")
         pod.run(["sh", "-c", "for i in 1 2 3 4 5; do sleep 0.2 & done; exit 0"])  # parent exits: 5 orphans
         ps = ["ps", "-eo", "pid,ppid,stat,comm"]
@@ -82,6 +95,7 @@ def main():
         rc = pod.stop()
         print(f"pod stopped (holder exit status {rc}); server exited with {server.wait()} (SIGTERM)")
         server.stdout.close()
+    print(f"host: the volume went with the pod: {volume} exists: {volume.exists()}")
     if zombies:
         sys.exit("zombies were left: " + ", ".join(zombies))
 

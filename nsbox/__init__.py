@@ -25,8 +25,10 @@ from .gc import gc
 from .lifecycle import PodStatus
 from .persist import pods
 from .pod import Pod, stop_all
+from .podfiles import DNS
 from .spawn import PodProcess
 from .spec import PodSpec
+from .volumes import EmptyDir, HostPath
 
 __version__ = "0.1.0"
 
@@ -40,6 +42,9 @@ __all__ = [
     "PodProcess",
     "Veth",
     "Bridge",
+    "EmptyDir",
+    "HostPath",
+    "DNS",
     "Namespace",
     "join",
     "joined",

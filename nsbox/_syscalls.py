@@ -147,6 +147,37 @@ def umount(target: str) -> None:
         _raise(target)
 
 
+def mount(source: Optional[str], target: str, fstype: Optional[str], flags: int, data: Optional[str] = None) -> None:
+    """mount(2); OSError names ``target``."""
+    src = ffi.NULL if source is None else os.fsencode(source)
+    fs = ffi.NULL if fstype is None else os.fsencode(fstype)
+    dat = ffi.NULL if data is None else os.fsencode(data)
+    if lib.nsbox_mount(src, os.fsencode(target), fs, flags, dat) < 0:
+        _raise(target)
+
+
+def open_tree(path: str, *, dir_fd: int = -1, recursive: bool = True) -> int:
+    """A close-on-exec fd of a detached copy of the mount tree at ``path``
+    (``mount --rbind`` made in two steps: attach it with :func:`move_mount`,
+    possibly in another mount namespace)."""
+    flags = lib.OPEN_TREE_CLONE | lib.OPEN_TREE_CLOEXEC | (lib.AT_RECURSIVE if recursive else 0)
+    fd = lib.nsbox_open_tree(lib.AT_FDCWD if dir_fd < 0 else dir_fd, os.fsencode(path), flags)
+    if fd < 0:
+        _raise(path)
+    return fd
+
+
+def move_mount(tree_fd: int, target: str) -> None:
+    """Attach the detached tree ``tree_fd`` (from :func:`open_tree`) at ``target``."""
+    if lib.nsbox_move_mount(tree_fd, b"", lib.AT_FDCWD, os.fsencode(target), lib.MOVE_MOUNT_F_EMPTY_PATH) < 0:
+        _raise(target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    if lib.nsbox_pivot_root(os.fsencode(new_root), os.fsencode(put_old)) < 0:
+        _raise(new_root)
+
+
 def socket_in_netns(nsfd: int, domain: int, type: int, protocol: int) -> int:
     """An fd of a new close-on-exec socket in the network namespace ``nsfd``."""
     fd = lib.nsbox_socket_in_netns(nsfd, domain, type, protocol)

@@ -23,12 +23,12 @@ import shutil
 import signal
 import time
 
-from . import _proc, _syscalls
+from . import _proc, _syscalls, podfs
 from .net import ipam, ports
 from .net.podnet import PodNetwork
 from .net.rundir import locked, prune
 from .persist import readable_records
-from .records import Record, pods_dir, unpin, unshare_pods_dir
+from .records import Record, names, pods_dir, unpin, unshare_pods_dir
 
 __all__ = ["gc"]
 
@@ -41,6 +41,7 @@ def gc() -> list[str]:
     with locked():
         records = readable_records()
         removed += _debris()
+        removed += podfs.sweep(set(names()))
     for rec in records:
         if rec.state in ("starting", "stopping") and rec.creator_alive():
             continue  # in progress in another process: not ours to touch
@@ -74,6 +75,9 @@ def gc() -> list[str]:
                 cur.save()
                 removed.append(f"pod {rec.name}: pins (the pod is {cur.state}; restart or remove it)")
     removed += ipam.sweep()
+    from .net import names as bridge_names
+
+    removed += bridge_names.sweep()
     if shutil.which("nft"):
         removed += ports.sweep()
     return removed

@@ -23,6 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Optional
 
 from . import _proc, _syscalls, lifecycle
@@ -37,6 +38,7 @@ from .net.shaping import Shaping
 from .spawn import PodProcess, run_process
 from .lifecycle import Backoff, DoneCallbacks, PodStatus
 from .persist import Persistence
+from .podfs import PodFS, needs_fs, storage_key
 from .records import Record, check_name
 from .spec import IdMap, PodSpec
 
@@ -88,6 +90,23 @@ class Pod:
         When the holder dies without ``stop()`` (killed from outside), make a
         new sandbox from the same spec at once, as the kubelet does after
         ``SandboxChanged``; members do not survive.  See :meth:`restart`.
+    volumes
+        ``{mount path: volume}``: :class:`nsbox.EmptyDir` (a directory, or a
+        tmpfs, that lives as long as the pod) or :class:`nsbox.HostPath` (a
+        host directory, bind-mounted).  Needs ``"mnt"``.  See
+        :meth:`volume_path` and docs/volumes.md.
+    hosts
+        ``{name: address}``: extra lines of the pod's ``/etc/hosts``
+        (Kubernetes' ``hostAliases``).  A pod with ``"mnt"`` always gets its own
+        ``/etc/hostname``, ``/etc/hosts`` (with the pods on its bridges) and
+        ``/etc/resolv.conf``; the host's files are never changed.
+    dns
+        :class:`nsbox.DNS`: the pod's ``/etc/resolv.conf``.  Default: the
+        host's, without loopback name servers.  Needs ``"mnt"``.
+    sysctls
+        ``{name: value}``: namespaced sysctls (``net.*`` of the pod's network
+        namespace, ``kernel.shm*``/``msg*``/``sem`` of its IPC namespace), set
+        before :meth:`start` returns.
     """
 
     # The state of the current sandbox (see _new_sandbox).
@@ -110,11 +129,16 @@ class Pod:
         network: Optional[Any] = None,
         ports: Optional[Any] = None,
         restart: bool = False,
+        volumes: Optional[Any] = None,
+        hosts: Optional[Any] = None,
+        dns: Optional[Any] = None,
+        sysctls: Optional[Any] = None,
         name: Optional[str] = None,
         persist: bool = False,
     ):
         self._init(PodSpec.from_args(kinds, hostname=hostname, mount_proc=mount_proc, uid_map=uid_map,
-                                     gid_map=gid_map, network=network, ports=ports, restart=restart), name, persist)
+                                     gid_map=gid_map, network=network, ports=ports, restart=restart,
+                                     volumes=volumes, hosts=hosts, dns=dns, sysctls=sysctls), name, persist)
 
     @classmethod
     def from_spec(cls, spec: PodSpec, *, name: Optional[str] = None, persist: bool = False) -> "Pod":
@@ -159,6 +183,8 @@ class Pod:
         self._inodes = dict(record.inodes)
         self._members = Members(holder.pid, self.spec.kinds, self._inodes, holder.reaped_elsewhere)
         self._net = PodNetwork.from_record(record.network)
+        if self._fs is not None:
+            self._fs.adopt_names(record.holder, self._net.attachments)
         lifecycle.watch(self, [holder.pidfd])
 
     def _init(self, spec: PodSpec, name: Optional[str] = None, persist: bool = False) -> None:
@@ -179,6 +205,9 @@ class Pod:
         self._restart_timer: Optional[threading.Timer] = None
         self._backoff = Backoff()  # restart=True
         self._error: Optional[str] = None
+        self._restarting = False  # restart(): storage survives the stop
+        # Volumes, /etc files, sysctls: made at the first start, kept across restarts.
+        self._fs = PodFS(spec, storage_key(name, self._persist is not None)) if needs_fs(spec) else None
         self._new_sandbox()
 
     def _new_sandbox(self) -> None:
@@ -262,6 +291,16 @@ class Pod:
 
     def _make_sandbox(self, first: bool) -> None:
         self._new_sandbox()
+        if self._fs is not None:
+            self._fs.prepare()  # (host paths checked, EmptyDirs made: before any namespace)
+        try:
+            self._make_holder(first)
+        except BaseException:
+            if self._fs is not None and self._persist is None and (first or not self._keep_storage()):
+                self._fs.remove()  # (a persistent pod's go with its record)
+            raise
+
+    def _make_holder(self, first: bool) -> None:
         spec = self.spec
         holder = Holder.begin(spec.kinds, hostname=spec.hostname, mount_proc=spec.mount_proc,
                               uid_map=spec.uid_map, gid_map=spec.gid_map, tied=self._persist is None)
@@ -280,6 +319,8 @@ class Pod:
             raise
         try:
             holder.finish()
+            if self._fs is not None:
+                self._fs.setup(holder, self._net)  # (after the holder's exec: its mounts are made)
             if self._persist is not None:
                 self._persist.running(holder.pid, spec.kinds, self._inodes, self._net.to_record(),
                                       self._restarts + (not first))
@@ -299,7 +340,11 @@ class Pod:
         try:
             with self._lock:
                 first = self._state == "new"
-                stopped = self._state == "running" and self._stop_locked(timeout)
+                self._restarting = True
+                try:
+                    stopped = self._state == "running" and self._stop_locked(timeout)
+                finally:
+                    self._restarting = False
                 self._restart_timer = None  # (a scheduled restart: this is it)
                 self._backoff.reset()  # (a restart by hand starts the back-off afresh)
                 self._start_sandbox(first=first)
@@ -359,6 +404,8 @@ class Pod:
         _check_timeout(timeout)
         with self._lock:
             stopped = self._stop_locked(timeout)
+            if not stopped and self._fs is not None and self._persist is None:
+                self._fs.remove()  # (a pod whose restart failed still has its volumes)
             returncode = self.returncode
         if stopped:
             self._run_callbacks()
@@ -433,6 +480,10 @@ class Pod:
         self._exited_at = time.time()
         # Host-side objects go by what was recorded, whatever became of the netns.
         try:
+            if self._fs is not None:
+                self._fs.sandbox_ended()
+                if self._persist is None and not self._keep_storage():
+                    self._fs.remove()
             if network_out is not None:
                 network_out.extend(self._net.take())  # stop_all() tears them down in one go
             else:
@@ -440,6 +491,19 @@ class Pod:
         finally:
             if self._persist is not None:
                 self._persist.ended(self._stop_requested, self._last_returncode, self._exited_at, self._restarts)
+
+    def _keep_storage(self) -> bool:
+        """True if the pod's volumes outlive this sandbox: a restart follows.  (Lock held.)"""
+        return self._restarting or (self.spec.restart and not self._stop_requested)
+
+    def volume_path(self, path: str) -> Path:
+        """Where the volume mounted at ``path`` in the pod lives on the host:
+        an EmptyDir's directory under nsbox's run directory (from
+        :meth:`start` until the pod ends), a HostPath's host path.  To look
+        into it, or to bind-mount it into an OCI container of the pod."""
+        if self._fs is None:
+            raise ConfigError(f"{self!r} has no volumes")
+        return self._fs.volume_path(path)
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Wait for the holder to exit (it does on SIGTERM/SIGINT, or when

@@ -114,7 +114,10 @@ class Record:
 
     def delete(self) -> None:
         """Remove the record, the pins and the pod's directory (under the lock)."""
+        from .podfs import fs_dir, remove_storage, storage_key
+
         unpin(self.name)
+        remove_storage(fs_dir() / storage_key(self.name, True))  # (its volumes go with its name)
         self.path.unlink(missing_ok=True)
         prune(pod_dir(self.name))
         unshare_pods_dir()

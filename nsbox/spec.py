@@ -16,9 +16,12 @@ from typing import Any, Optional, Union
 
 from .errors import ConfigError, UnsupportedError
 from .kinds import DEFAULT_KINDS, KindsArg, parse_kinds
-from .net import Network, network_from_dict
+from .net import Bridge, Network, network_from_dict
 from .net.network import NetworkConfig
 from .net.ports import parse_ports
+from .podfiles import DNS, check_hostname, check_hosts
+from .sysctls import check_sysctls
+from .volumes import Volume, check_volumes, volume_from_dict
 
 __all__ = ["PodSpec", "IdMap"]
 
@@ -48,6 +51,10 @@ class PodSpec:
     networks: tuple[Network, ...] = ()
     ports: tuple[Port, ...] = field(default=())
     restart: bool = False  # a new sandbox when the holder dies without stop()
+    volumes: tuple[tuple[str, Volume], ...] = ()  # ((mount path, volume), ...), parents first
+    hosts: tuple[tuple[str, str], ...] = ()  # ((name, address), ...): extra /etc/hosts lines
+    dns: Optional[DNS] = None  # the pod's /etc/resolv.conf; None: the host's (loopback servers left out)
+    sysctls: tuple[tuple[str, str], ...] = ()  # ((name, value), ...)
 
     @classmethod
     def from_args(
@@ -61,9 +68,15 @@ class PodSpec:
         network: Any = None,
         ports: Any = None,
         restart: bool = False,
+        volumes: Any = None,
+        hosts: Any = None,
+        dns: Optional[DNS] = None,
+        sysctls: Any = None,
     ) -> "PodSpec":
         """A spec from the arguments of :class:`nsbox.Pod` (``network``: one
-        network or a list; ``ports``: ``{host_port: pod_port}``)."""
+        network or a list; ``ports``: ``{host_port: pod_port}``; ``volumes``:
+        ``{mount path: volume}``; ``hosts``: ``{name: address}``;
+        ``sysctls``: ``{name: value}``)."""
         if network is None:
             networks: tuple = ()
         elif isinstance(network, (list, tuple)):
@@ -81,6 +94,10 @@ class PodSpec:
             networks=networks,
             ports=tuple(parse_ports(ports)) if ports else (),
             restart=restart,
+            volumes=_pairs(volumes),
+            hosts=_pairs(hosts),
+            dns=dns,
+            sysctls=_pairs(sysctls),
         )
 
     def __post_init__(self) -> None:
@@ -120,7 +137,19 @@ class PodSpec:
                 raise ConfigError(f"ports must be (protocol, host port, pod port) triples, not {ports!r}") from None
             ports = tuple(parse_ports(as_mapping))
             networks[0].check_publishable()
-        for name, value in (("kinds", kinds), ("hostname", _check_hostname(self.hostname, kinds)),
+        volumes = check_volumes(_mapping("volumes", self.volumes), kinds)
+        hosts = check_hosts(_mapping("hosts", self.hosts)) if self.hosts else ()
+        if self.dns is not None and not isinstance(self.dns, DNS):
+            raise ConfigError(f"dns must be an nsbox.DNS, not {self.dns!r}")
+        if (hosts or self.dns is not None) and "mnt" not in kinds:
+            raise ConfigError("hosts= and dns= need the 'mnt' kind (the pod's own /etc/hosts and "
+                              "/etc/resolv.conf are mounted in its mount namespace); add 'mnt' to kinds")
+        sysctls = check_sysctls(_mapping("sysctls", self.sysctls), kinds) if self.sysctls else ()
+        hostname = _check_hostname(self.hostname, kinds)
+        if hostname is not None and ("mnt" in kinds or any(isinstance(n, Bridge) for n in networks)):
+            hostname = check_hostname(hostname)  # (it goes into /etc/hosts files)
+        for name, value in (("volumes", volumes), ("hosts", hosts), ("sysctls", sysctls),
+                            ("kinds", kinds), ("hostname", hostname),
                             ("mount_proc", bool(mount_proc)), ("uid_map", uid_map), ("gid_map", gid_map),
                             ("networks", networks), ("ports", ports)):
             object.__setattr__(self, name, value)
@@ -144,6 +173,10 @@ class PodSpec:
             "networks": [net.to_dict() for net in self.networks],
             "ports": [list(p) for p in self.ports],
             "restart": self.restart,
+            "volumes": [[path, vol.to_dict()] for path, vol in self.volumes],
+            "hosts": [list(h) for h in self.hosts],
+            "dns": self.dns.to_dict() if self.dns is not None else None,
+            "sysctls": [list(s) for s in self.sysctls],
         }
 
     @classmethod
@@ -154,7 +187,8 @@ class PodSpec:
         fmt = data.pop("format", _FORMAT)
         if fmt != _FORMAT:
             raise ConfigError(f"pod spec format {fmt!r} is not supported (this nsbox reads format {_FORMAT})")
-        known = {"kinds", "hostname", "mount_proc", "uid_map", "gid_map", "networks", "ports", "restart"}
+        known = {"kinds", "hostname", "mount_proc", "uid_map", "gid_map", "networks", "ports", "restart",
+                 "volumes", "hosts", "dns", "sysctls"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown pod spec field(s): {', '.join(unknown)}")
@@ -168,6 +202,11 @@ class PodSpec:
                    and all(isinstance(n, int) and not isinstance(n, bool) for n in p[1:]) for p in ports):
             raise ConfigError(f"pod spec field 'ports' must be a list of [protocol, host port, pod port], not {ports!r}")
         port_tuples = tuple((p[0], p[1], p[2]) for p in ports)
+        for name in ("volumes", "hosts", "sysctls"):
+            value = data.get(name) or []
+            if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
+                raise ConfigError(f"pod spec field {name!r} must be a list of pairs, not {value!r}")
+        dns = data.get("dns")
         return cls(
             kinds=tuple(kinds),
             hostname=data.get("hostname"),
@@ -177,6 +216,10 @@ class PodSpec:
             networks=tuple(network_from_dict(n) for n in nets),
             ports=port_tuples,
             restart=data.get("restart", False),
+            volumes=tuple((p, volume_from_dict(v)) for p, v in data.get("volumes") or []),
+            hosts=tuple((n, a) for n, a in data.get("hosts") or []),
+            dns=DNS.from_dict(dns) if dns is not None else None,
+            sysctls=tuple((n, v) for n, v in data.get("sysctls") or []),
         )
 
     def to_json(self) -> str:
@@ -192,6 +235,31 @@ class PodSpec:
 
 
 # ---- validation ------------------------------------------------------------------
+
+
+def _pairs(value: Any) -> tuple:
+    """``{key: value}`` (as Pod takes them) as a tuple of pairs; None as ()."""
+    if value is None:
+        return ()
+    if isinstance(value, dict):
+        return tuple(value.items())
+    return value  # (checked by __post_init__)
+
+
+def _mapping(name: str, value: Any) -> dict:
+    """A field of pairs (or a mapping) as a dict; a repeated key is an error."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, (tuple, list)):
+        raise ConfigError(f"{name} must be a mapping, not {type(value).__name__}")
+    out: dict = {}
+    for item in value:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ConfigError(f"{name} must be a mapping (or a list of pairs), not {value!r}")
+        if item[0] in out:
+            raise ConfigError(f"{name}: {item[0]!r} is given twice")
+        out[item[0]] = item[1]
+    return out
 
 
 def _check_networks(networks: Iterable[Any], kinds: tuple[str, ...]) -> tuple[Network, ...]:

@@ -16,7 +16,7 @@ ffibuilder.cdef((HERE / "nsbox.h").read_text())
 ffibuilder.cdef((HERE / "constants.cdef").read_text())
 ffibuilder.set_source(
     "nsbox._native._nsbox",
-    '#define _GNU_SOURCE\n#include <sched.h>\n#include <sys/mount.h>\n#include "nsbox.h"',
+    '#define _GNU_SOURCE\n#include <fcntl.h>\n#include <sched.h>\n#include <sys/mount.h>\n#include "nsbox.h"',
     # setuptools wants source paths relative to the project root (the cwd).
     sources=[os.path.relpath(HERE / "spawn.c")],
     include_dirs=[os.path.relpath(HERE)],

@@ -111,3 +111,7 @@ int nsbox_socket_in_netns(int nsfd, int domain, int type, int protocol);
 int nsbox_mount(const char *source, const char *target, const char *fstype, unsigned long flags,
 		const char *data);
 int nsbox_umount2(const char *target, int flags);
+int nsbox_open_tree(int dfd, const char *path, unsigned int flags);
+int nsbox_move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path,
+		     unsigned int flags);
+int nsbox_pivot_root(const char *new_root, const char *put_old);

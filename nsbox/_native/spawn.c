@@ -102,6 +102,23 @@ int nsbox_umount2(const char *target, int flags)
 	return umount2(target, flags);
 }
 
+/* The new mount API, by syscall number (glibc's wrappers are recent). */
+int nsbox_open_tree(int dfd, const char *path, unsigned int flags)
+{
+	return (int)syscall(SYS_open_tree, dfd, path, flags);
+}
+
+int nsbox_move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path,
+		     unsigned int flags)
+{
+	return (int)syscall(SYS_move_mount, from_dfd, from_path, to_dfd, to_path, flags);
+}
+
+int nsbox_pivot_root(const char *new_root, const char *put_old)
+{
+	return (int)syscall(SYS_pivot_root, new_root, put_old);
+}
+
 struct netns_socket_args {
 	int nsfd, domain, type, protocol;
 	int fd, err;
