@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from . import _proc, _syscalls
-from .errors import ConfigError, NsboxError, namespace_error
+from .errors import ConfigError, PodStartError, namespace_error
 from .mounts import Mounter, MountOp
 from .net.rundir import prune, run_dir
 from .volumes import EmptyDir, HostPath
@@ -123,7 +123,7 @@ class PodFS:
         except BaseException as e:
             self.undo_prepare()
             if isinstance(e, OSError):
-                raise NsboxError(f"preparing the pod's volumes under {self.dir}: {e}") from None
+                raise PodStartError(e.errno, f"preparing the pod's volumes under {self.dir}: {e.strerror or e}") from None
             raise
 
     def _make_host_path(self, vol: HostPath) -> None:
@@ -228,7 +228,7 @@ class PodFS:
         try:
             return _syscalls.open_tree(src, recursive=recursive)
         except OSError as e:
-            raise NsboxError(f"{what}: cannot take a copy of {src}'s mount: {e.strerror}") from None
+            raise PodStartError(e.errno, f"{what}: cannot take a copy of {src}'s mount: {e.strerror}") from None
 
     def _inside(self, ops: Sequence[MountOp]) -> None:
         """(On the helper thread, inside the pod's namespaces.)"""
@@ -237,7 +237,7 @@ class PodFS:
             try:
                 mounter.run([op])
             except OSError as e:
-                raise NsboxError(f"{op.what}: mounting it at {op.target} in the pod failed: "
+                raise PodStartError(e.errno, f"{op.what}: mounting it at {op.target} in the pod failed: "
                                  f"{e.strerror or e}") from None
         if self.spec.sysctls:
             from .sysctls import write_sysctls

@@ -143,7 +143,7 @@ def test_volumes_need_mnt_and_a_missing_host_path_is_an_error_with_no_side_effec
 def test_a_failed_mount_rolls_back_everything(tmp_path):
     # A directory volume onto a path that is a file in the pod's view: the
     # mount fails after the holder, the EmptyDir and the files were made.
-    with pytest.raises(nsbox.NsboxError, match="volume /etc/passwd"):
+    with pytest.raises(nsbox.PodStartError, match="volume /etc/passwd"):
         nsbox.Pod(kinds=KINDS, volumes={"/d": nsbox.EmptyDir(), "/etc/passwd": nsbox.EmptyDir()}).start()
     assert not list((run_dir() / "fs").glob("*")) if (run_dir() / "fs").exists() else True
 
