@@ -372,6 +372,39 @@ def bench_run(rounds: int) -> dict:
         pod.stop()
 
 
+def bench_podfs(rounds: int) -> dict:
+    """Create + stop: a pod without mnt, with mnt (its own /etc files), with
+    volumes, /etc entries and a sysctl; and the shell route to the same
+    mounts (unshare, then mount in a shell) for reference."""
+    import tempfile
+
+    src = tempfile.mkdtemp(prefix="nsbox-bench-")
+    kinds = ("net", "ipc", "uts", "pid", "mnt")
+    files = " ".join(f"mount --bind {src}/f /etc/{n};" for n in ("hostname", "hosts", "resolv.conf"))
+    shell = (f"touch {src}/f; mkdir -p {src}/d {src}/m; mount -t tmpfs -o size=64m tmpfs {src}/m; {files} "
+             f"mount --bind {src}/d /mnt; mount --bind -o ro {src} /media")
+
+    def plan(**kw):
+        return lambda: nsbox.Pod(**kw).start().stop() and None
+
+    plans = {
+        "pod, no mnt": plan(),
+        "pod + mnt (own /etc files)": plan(kinds=kinds, hostname="b"),
+        "pod + mnt + 3 volumes, hosts, dns, sysctl": plan(
+            kinds=kinds, hostname="b", hosts={"db.test": "10.201.0.9"}, dns=nsbox.DNS(nameservers=["10.201.0.1"]),
+            sysctls={"net.ipv4.ip_unprivileged_port_start": "0"},
+            volumes={"/nsbench-data": nsbox.EmptyDir(), "/nsbench-m": nsbox.EmptyDir(medium="memory", size_limit="64Mi"),
+                     "/nsbench-src": nsbox.HostPath(src, read_only=True)}),
+        "unshare + mount in sh (3 files, tmpfs, 2 binds)": lambda: subprocess.run(
+            ["unshare", "--mount", "--net", "--ipc", "--uts", "--pid", "--fork", "--propagation", "private",
+             "sh", "-c", shell], check=True) and None,
+    }
+    try:
+        return summary(interleaved(plans, rounds), "pod + mnt + 3 volumes, hosts, dns, sysctl")
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+
+
 def free_port() -> int:
     """A host TCP port nothing listens on (asked from the kernel)."""
     with socket.socket() as s:
@@ -623,6 +656,7 @@ def main() -> int:
         ("pod with veth networking (create)", "pods", lambda: bench_pods(rounds, sub)),
         ("holder only: net+ipc+uts+pid (create)", "holder", lambda: bench_holder(rounds)),
         ("run `true` in a pod", "run", lambda: bench_run(rounds)),
+        ("volumes and pod files: create + stop", "podfs", lambda: bench_podfs(rounds)),
         ("teardown: create and stop (median ms)", "teardown",
          lambda: bench_teardown(rounds, sub, "10.250.0.0/24" if args.quick else "10.249.0.0/24")),
         (f"holder memory, PSS kB per holder ({memn} alive)", "pss_kb", lambda: bench_memory(memn)),

@@ -106,6 +106,7 @@ class Mounter:
             try:
                 names = os.listdir(entries)
                 stage = self.staging
+                os.makedirs(stage, mode=0o700, exist_ok=True)  # (in nsbox's run directory)
                 _syscalls.mount("tmpfs", stage, "tmpfs", lib.MS_NOSUID | lib.MS_NODEV,
                                 f"mode={stat.S_IMODE(st.st_mode):o},uid={st.st_uid},gid={st.st_gid}")
                 try:

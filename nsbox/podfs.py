@@ -113,7 +113,8 @@ class PodFS:
                     "HostPath(..., create=True)"
                 )
         try:
-            for sub in ("volumes", "etc", "stage"):
+            subs = ("volumes", "etc") if any(isinstance(v, EmptyDir) for _, v in self.spec.volumes) else ("etc",)
+            for sub in subs:  # (and "stage" when a mount path must be made: see Mounter)
                 (self.dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
             for mount_path, vol in self.spec.volumes:
                 if isinstance(vol, HostPath):
