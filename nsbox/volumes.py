@@ -137,6 +137,12 @@ def check_volumes(volumes: Any, kinds: tuple[str, ...]) -> tuple[tuple[str, Volu
         if not isinstance(path, str):
             raise ConfigError(f"a volume's mount path must be a str, not {path!r}")
         norm = _check_abs(path, "volume mount path", allow_root=False)
+        top = norm.split("/")[1]
+        if top in ("proc", "sys"):
+            raise ConfigError(
+                f"volume mount path {norm!r} is in /{top}, a kernel file system whose entries depend on "
+                "who reads them: mount volumes elsewhere"
+            )
         if norm in out:
             raise ConfigError(f"two volumes are mounted at {norm!r}; give each its own mount path")
         out[norm] = vol

@@ -102,6 +102,8 @@ def test_volumes_survive_a_restart_and_go_with_the_pod():
     ({"/": nsbox.EmptyDir()}, "cannot be '/'"),
     ({"/d": nsbox.EmptyDir(), "/d/": nsbox.EmptyDir()}, "two volumes"),
     ({"/d": "tmpfs"}, "EmptyDir or nsbox.HostPath"),
+    ({"/proc/x": nsbox.EmptyDir()}, "kernel file system"),
+    ({"/sys": nsbox.EmptyDir()}, "kernel file system"),
 ])
 def test_bad_volumes_are_config_errors(volumes, match):
     with pytest.raises(nsbox.ConfigError, match=match):
