@@ -20,6 +20,7 @@ import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Optional
 
 from . import _syscalls
 from ._native._nsbox import lib
@@ -52,17 +53,20 @@ class Mounter:
     def __init__(self, staging: str):
         self.staging = staging
         self.devices: set[int] = set()  # filesystems nsbox made for the pod (shadows)
-        self.owned: list[str] = []  # mount points of the pod's own storage
+        self.mounted: list[tuple[str, bool]] = []  # (mount point, the pod's own storage?), in order
 
     def run(self, ops: Sequence[MountOp]) -> None:
         for op in ops:
             target = self.ensure(op.target, op.is_dir)
             _syscalls.move_mount(op.tree_fd, target)
+            # The copy of a shared host mount is a peer of it: what is mounted
+            # below it in the pod (by nsbox or a member) would appear on the
+            # host.  Private, as Kubernetes' default mountPropagation: None.
+            _syscalls.mount(None, target, None, lib.MS_REC | lib.MS_PRIVATE)
             if op.read_only:
                 flags = os.statvfs(target).f_flag & _KEEP
                 _syscalls.mount(None, target, None, lib.MS_BIND | lib.MS_REMOUNT | lib.MS_RDONLY | flags)
-            if op.owned:
-                self.owned.append(target)
+            self.mounted.append((target, op.owned))
 
     def ensure(self, path: str, is_dir: bool) -> str:
         """``path`` in the pod, made if missing (never on the host's
@@ -94,7 +98,14 @@ class Mounter:
     def _ours(self, path: str) -> bool:
         if os.stat(path).st_dev in self.devices:
             return True
-        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.owned)
+        # The deepest volume ``path`` is in decides: below a HostPath mounted
+        # inside an EmptyDir is the host's filesystem again.
+        deepest: Optional[tuple[str, bool]] = None
+        for target, owned in self.mounted:
+            if path == target or path.startswith(target.rstrip("/") + "/"):
+                if deepest is None or len(target) >= len(deepest[0]):
+                    deepest = (target, owned)
+        return deepest is not None and deepest[1]
 
     def _shadow(self, directory: str) -> None:
         """Replace ``directory`` (in the pod only) by a tmpfs holding a bind

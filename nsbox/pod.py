@@ -291,14 +291,20 @@ class Pod:
 
     def _make_sandbox(self, first: bool) -> None:
         self._new_sandbox()
-        if self._fs is not None:
-            self._fs.prepare()  # (host paths checked, EmptyDirs made: before any namespace)
         try:
+            if self._fs is not None:
+                if first and self._persist is None:
+                    self._fs.rekey(storage_key(self.name, False))  # (this process's, which the pod is tied to)
+                self._fs.prepare()  # (host paths checked, EmptyDirs made: before any namespace)
             self._make_holder(first)
         except BaseException:
-            if self._fs is not None and self._persist is None and (first or not self._keep_storage()):
-                self._fs.remove()  # (a persistent pod's go with its record)
+            if self._fs is not None:
+                self._fs.undo_prepare()  # (host paths made for this start)
+                if self._persist is None and (first or not self._keep_storage()):
+                    self._fs.remove()  # (a persistent pod's go with its record)
             raise
+        if self._fs is not None:
+            self._fs.committed()
 
     def _make_holder(self, first: bool) -> None:
         spec = self.spec
@@ -403,9 +409,7 @@ class Pod:
         """
         _check_timeout(timeout)
         with self._lock:
-            stopped = self._stop_locked(timeout)
-            if not stopped and self._fs is not None and self._persist is None:
-                self._fs.remove()  # (a pod whose restart failed still has its volumes)
+            stopped = self._stop_locked(timeout)  # (a pod not running: its storage goes in _stoppable)
             returncode = self.returncode
         if stopped:
             self._run_callbacks()
@@ -438,6 +442,8 @@ class Pod:
                 self._restart_timer.cancel()
                 self._restart_timer = None
                 self._stop_requested = True
+            if self._fs is not None and self._persist is None:
+                self._fs.remove()  # (kept for that restart, or a restart that failed)
             return False
         self._stop_requested = True
         if self._persist is not None:
@@ -668,6 +674,8 @@ class Pod:
                 self._restart_timer = None
             if self._persist is not None:
                 self._persist.remove()
+            elif self._fs is not None and self._state != "running":
+                self._fs.remove()
         if stopped:
             self._run_callbacks()
 

@@ -23,6 +23,7 @@ process that made it died.  ``KEY`` is ``pod-NAME`` for a persistent pod,
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import os
 import shutil
@@ -47,6 +48,7 @@ __all__ = ["PodFS", "fs_dir", "needs_fs", "run_inside", "storage_key", "remove_s
 
 _ETC_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
 _counter = itertools.count()
+_NAME_KEEP = 160  # characters of a quoted mount path kept in an EmptyDir's name
 
 
 def fs_dir() -> Path:
@@ -99,7 +101,12 @@ class PodFS:
         raise ConfigError(f"the pod has no volume mounted at {path!r} (its volumes: {known})")
 
     def _empty_dir(self, mount_path: str) -> Path:
-        return self.dir / "volumes" / urllib.parse.quote(mount_path.strip("/"), safe="")
+        name = urllib.parse.quote(mount_path.strip("/"), safe="")
+        if len(name) > _NAME_KEEP:
+            # A file name has at most 255 bytes: a long one is cut, and made
+            # unique by a digest ("+" never appears in a quoted name).
+            name = name[:_NAME_KEEP] + "+" + hashlib.sha256(mount_path.encode()).hexdigest()[:32]
+        return self.dir / "volumes" / name
 
     def prepare(self) -> None:
         """The host side, before the holder: check/make host paths, make
@@ -150,6 +157,17 @@ class PodFS:
 
             _syscalls.mount("tmpfs", str(d), "tmpfs", lib.MS_NOSUID | lib.MS_NODEV, opts)
 
+    def rekey(self, key: str) -> None:
+        """Storage under ``fs/key`` (before the first :meth:`prepare`): a
+        pod's storage belongs to the process that starts it, not to the one
+        that made the Pod object (gc removes it when that one is gone)."""
+        self.dir = fs_dir() / key
+
+    def committed(self) -> None:
+        """The start succeeded: host paths it made are the host's now (as
+        Kubernetes' DirectoryOrCreate), never removed by nsbox."""
+        self._created.clear()
+
     def undo_prepare(self) -> None:
         """Undo what :meth:`prepare` made for a start that failed."""
         for d in reversed(self._created):
@@ -187,8 +205,9 @@ class PodFS:
             from .net import names
 
             for bridge, address in bridged:
-                names.join(bridge, address, spec.hostname, owner, files.dir if files is not None else None)
+                # (noted first: a join that fails has registered the entry, and leave() undoes it)
                 self._names.append((bridge, address, owner))
+                names.join(bridge, address, spec.hostname, owner, files.dir if files is not None else None)
         ops: list[MountOp] = []
         try:
             if self.has_storage:
