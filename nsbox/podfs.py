@@ -122,7 +122,7 @@ class PodFS:
         try:
             subs = ("volumes", "etc") if any(isinstance(v, EmptyDir) for _, v in self.spec.volumes) else ("etc",)
             for sub in subs:  # (and "stage" when a mount path must be made: see Mounter)
-                (self.dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+                _mkdirs(self.dir / sub)
             for mount_path, vol in self.spec.volumes:
                 if isinstance(vol, HostPath):
                     self._make_host_path(vol)
@@ -302,6 +302,19 @@ def run_inside(target: Any, kinds: tuple[str, ...], fn: Callable[[], None]) -> N
     t.join()
     if error:
         raise error[0]
+
+
+def _mkdirs(d: Path) -> None:
+    """``mkdir -p``, again if another pod's :func:`remove_storage` pruned the
+    (then empty) parent meanwhile: it removes empty directories without the
+    state lock."""
+    for attempt in range(5):
+        try:
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
 
 
 def remove_storage(d: Path) -> None:
