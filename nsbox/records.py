@@ -119,6 +119,8 @@ class Record:
         unpin(self.name)
         remove_storage(fs_dir() / storage_key(self.name, True))  # (its volumes go with its name)
         self.path.unlink(missing_ok=True)
+        # (and a newer version a creator killed in save() left half-written)
+        self.path.with_name(".record.json.tmp").unlink(missing_ok=True)
         prune(pod_dir(self.name))
         unshare_pods_dir()
 

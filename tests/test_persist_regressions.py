@@ -186,3 +186,16 @@ def test_one_unreadable_record_does_not_break_gc_and_every_persistent_start():
 
         prune(run_dir() / "pods")  # (made by this test)
     assert not problems, problems
+
+
+def test_removing_a_record_also_removes_a_half_written_newer_version():
+    # A creator killed inside Record.save() leaves .record.json.tmp next to
+    # record.json; gc deletes the record of that abandoned start, and the
+    # directory (and the shared pods mount) must go with it.
+    from nsbox.records import pod_dir
+
+    pod = nsbox.Pod(name="nsbt-tmprec", persist=True).start()
+    pod.stop()
+    (pod_dir("nsbt-tmprec") / ".record.json.tmp").write_text("{")
+    pod.remove()
+    assert not pod_dir("nsbt-tmprec").exists()
