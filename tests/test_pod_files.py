@@ -151,3 +151,31 @@ def test_spec_round_trip_with_files_and_sysctls():
                                    sysctls={"net.ipv4.ip_forward": 1})
     assert nsbox.PodSpec.from_json(spec.to_json()) == spec
     assert spec.sysctls == (("net.ipv4.ip_forward", "1"),)
+
+
+def test_a_pod_of_another_process_is_resolvable_and_goes_when_it_stops(bridge):
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys, nsbox
+        br = nsbox.Bridge({bridge.name!r}, subnet={str(bridge.subnet)!r})
+        with nsbox.Pod(hostname="nsbt-other", network=br) as pod:
+            print(pod.address.ip, flush=True)
+            sys.stdin.readline()
+    """)
+    with nsbox.Pod(kinds=KINDS, hostname="nsbt-here", network=bridge, dns=nsbox.DNS()) as here:
+        other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True, cwd="/")
+        try:
+            address = other.stdout.readline().strip()
+            assert address and resolves(here, "nsbt-other") == address
+            other.stdin.write("\n")
+            other.stdin.flush()
+            assert other.wait(timeout=10) == 0
+        finally:
+            if other.poll() is None:
+                other.kill()
+                other.wait()
+        assert resolves(here, "nsbt-other") is None
