@@ -34,7 +34,7 @@ sysdeps:
 
 $(VENV)/.deps: pyproject.toml Makefile | sysdeps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install setuptools wheel "cffi>=1.15" "pytest>=7" "pyroute2>=0.7" "python-prctl>=1.8" $(LINTERS)
+	$(PIP) install setuptools wheel "cffi>=1.15" "pytest>=7" "pytest-xdist>=3" "pyroute2>=0.7" "python-prctl>=1.8" $(LINTERS)
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
