@@ -511,6 +511,17 @@ class Pod:
             raise ConfigError(f"{self!r} has no volumes")
         return self._fs.volume_path(path)
 
+    def oci_namespaces(self, *, exclude: Iterable[str] = ()) -> list[dict[str, str]]:
+        """``[{"type": "network", "path": ...}, ...]``: the ``linux.namespaces``
+        of an OCI bundle whose container joins this running pod (as runc and
+        crun are told by containerd and CRI-O); paths valid while the pod
+        runs.  ``exclude``: nsbox kinds to leave out (e.g. ``("mnt",)``: the
+        container needs a mount namespace of its own for its root).  See
+        :func:`nsbox.oci.bundle_config`."""
+        from . import oci
+
+        return oci.namespaces(self, exclude=exclude)
+
     def wait(self, timeout: Optional[float] = None) -> int:
         """Wait for the holder to exit (it does on SIGTERM/SIGINT, or when
         stopped); return its exit status.  Raises subprocess.TimeoutExpired.
