@@ -832,7 +832,12 @@ class Pod:
 
     def _require_running(self) -> None:
         if self._state != "running":
-            what = "was never started (call start() or use 'with')" if self._state == "new" else "is stopped"
+            if self._state == "new":
+                what = "was never started (call start() or use 'with')"
+            elif self._stop_requested:
+                what = "is stopped"
+            else:
+                what = f"has exited (its holder died{'' if self._error is None else ': ' + self._error}); restart() it"
             raise NotRunningError(errno.ESRCH, f"{self!r} {what}")
 
     # ---- protocol ----------------------------------------------------------

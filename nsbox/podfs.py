@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import itertools
+import logging
 import os
 import shutil
 import socket
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PodFS", "fs_dir", "needs_fs", "run_inside", "storage_key", "remove_storage", "sweep"]
 
+log = logging.getLogger("nsbox")
 _ETC_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
 _counter = itertools.count()
 _NAME_KEEP = 160  # characters of a quoted mount path kept in an EmptyDir's name
@@ -198,7 +200,7 @@ class PodFS:
             from .podfiles import PodFiles
 
             files = PodFiles.write(
-                self.dir / "etc", hostname=spec.hostname or socket.gethostname(), addresses=addresses,
+                self.dir / "etc", hostname=spec.hostname or _host_name(), addresses=addresses,
                 bridges=[b for b, _ in bridged], extra=list(spec.hosts), dns=spec.dns,
             )
         if spec.hostname and bridged:
@@ -280,6 +282,19 @@ class PodFS:
             bridges = self._bridge_ifnames()
             self._names = [(a.route_ifname, str(a.address.ip), holder) for a in attachments
                            if a.address is not None and a.ifname in bridges]
+
+
+def _host_name() -> str:
+    """The host's name, for a pod that has no hostname of its own; one that
+    an /etc/hosts line cannot hold (e.g. ending in '-') becomes 'localhost'."""
+    from .podfiles import check_hostname
+
+    name = socket.gethostname()
+    try:
+        return check_hostname(name)
+    except ConfigError:
+        log.warning("the host's name %r cannot go into a pod's /etc/hosts; the pod's files say 'localhost'", name)
+        return "localhost"
 
 
 def run_inside(target: Any, kinds: tuple[str, ...], fn: Callable[[], None]) -> None:

@@ -1,4 +1,5 @@
 """Bad input and failures: clear nsbox errors, nothing half-built."""
+import os
 import textwrap
 
 import pytest
@@ -131,3 +132,19 @@ def test_too_many_open_files_says_what_to_do():
     r = run_python(script)
     assert r.returncode == 0, r.stderr
     assert "RLIMIT_NOFILE" in r.stdout
+
+
+def test_a_pod_whose_holder_died_says_so():
+    import signal
+    import time
+
+    pod = nsbox.Pod().start()
+    try:
+        os.kill(pod.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while pod.status().state == "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(nsbox.NotRunningError, match="has exited"):
+            pod.run(["true"])
+    finally:
+        pod.stop()

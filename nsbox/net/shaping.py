@@ -138,7 +138,7 @@ def apply(rtnl: Rtnl, ifname: str, shaping: Shaping) -> None:
         if err.errno == errno.ENOENT and shaping.needs_netem:
             raise NetworkError(
                 errno.EOPNOTSUPP,
-                f"{err.strerror}: this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM), so delay, jitter "
+                f"setting a netem qdisc on {ifname}: this kernel has no netem (CONFIG_NET_SCH_NETEM), so delay, jitter "
                 "and loss cannot be emulated; rate limiting alone (tbf) still works",
             )
         raise err
