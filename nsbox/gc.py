@@ -24,7 +24,7 @@ import signal
 import time
 
 from . import _proc, _syscalls, podfs
-from .net import ipam, ports
+from .net import ipam, nft, ports
 from .net.podnet import PodNetwork
 from .net.rundir import locked, prune
 from .persist import readable_records
@@ -78,7 +78,7 @@ def gc() -> list[str]:
     from .net import names as bridge_names
 
     removed += bridge_names.sweep()
-    if shutil.which("nft"):
+    if nft.available() or shutil.which("nft"):  # (without either, no rule can have been made)
         removed += ports.sweep()
     return removed
 
