@@ -257,7 +257,7 @@ def _program_options(p: argparse.ArgumentParser, terminal: bool) -> None:
         p.add_argument("-t", "--tty", action="store_true",
                        help="give CMD a new terminal (a pty; ours in raw mode meanwhile)")
     p.add_argument("--cwd", "-w", metavar="DIR", help="CMD's working directory (in the pod's view)")
-    p.add_argument("cmd", nargs="*", metavar="-- CMD ...", help="the program and its arguments")
+    p.add_argument("cmd", nargs="*", metavar="CMD", help="the program and its arguments, after --")
 
 
 # ---- building a pod from options -------------------------------------------------------

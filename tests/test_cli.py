@@ -54,10 +54,14 @@ def pods():
         nsbox_cli("rm", "--force", *made)
 
 
+BRIDGE_SUBNETS = {"test_run_bridge_publish_and_shaping": "10.234.0.0/24", "test_run_sigkilled_leaves_nothing_after_gc": "10.238.0.0/24"}
+
+
 @pytest.fixture
-def bridge():
-    """A bridge name and subnet for a test; the bridge is removed after it."""
-    name, subnet = f"nsbt-br{os.getpid() % 10000}", "10.234.0.0/24"
+def bridge(request):
+    """A bridge name and subnet of a test's own; the bridge is removed after it."""
+    subnet = BRIDGE_SUBNETS[request.node.originalname]
+    name = f"nsbt-br{subnet.split('.')[1]}"
     yield name, subnet
     nsbox.net.settle()
     br = nsbox.Bridge(name, subnet=subnet)
