@@ -856,6 +856,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return e.code
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+    except BrokenPipeError:
+        # The reader went away (``nsbox inspect x | head``): quietly, as the
+        # usual tools do; and no second error when Python flushes stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Exception as e:
         _report(args, e, f"nsbox: {_message(e)}")
         return EXIT_NSBOX if runs_program else EXIT_FAILURE

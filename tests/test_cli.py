@@ -667,3 +667,17 @@ def test_example_cli_session_runs():
     r = subprocess.run(["bash", str(EXAMPLE)], capture_output=True, text=True, timeout=120, cwd="/", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "cli-demo" in r.stdout
+
+
+
+def test_a_reader_that_goes_away_is_not_an_error():
+    # `nsbox ls --json | head`, with head gone before nsbox writes: no
+    # "Broken pipe" message, the status of a tool killed by SIGPIPE.
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "nsbox", "ls", "--json"], stdout=w, stderr=subprocess.PIPE,
+                           text=True, cwd="/", timeout=60)
+    finally:
+        os.close(w)
+    assert p.stderr == "" and p.returncode == 128 + signal.SIGPIPE
