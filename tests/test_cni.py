@@ -472,3 +472,19 @@ def test_add_and_del_time(net, bridge):
     print(f"\nstart (ADD) median: CNI bridge+host-local {med['cni']:.1f} ms, nsbox.Bridge {med['bridge']:.1f} ms; "
           f"stop+settle (DEL): CNI {meds['cni']:.1f} ms, nsbox.Bridge {meds['bridge']:.1f} ms")
     assert med["cni"] < 2000
+
+
+def test_pods_from_threads_then_stop_all(net):
+    """host-local and the state directories under concurrency; stop_all's DEL is synchronous."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cni = nsbox.CNI(net.bridge_conf())
+    with ThreadPoolExecutor(4) as ex:
+        pods = list(ex.map(lambda _: nsbox.Pod(network=cni).start(), range(8)))
+    try:
+        assert len({p.address for p in pods}) == 8
+        assert len(net.leases()) == 8 and len(state_dirs()) == 8
+    finally:
+        nsbox.stop_all(pods)
+    assert net.leases() == [] and state_dirs() == []  # (no settle(): DEL ran before stop_all returned)
+    assert os.listdir(f"/sys/class/net/{net.bridge}/brif") == []

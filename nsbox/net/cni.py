@@ -106,7 +106,7 @@ def _load_conflist(conflist: Any) -> dict[str, Any]:
             data = json.loads(json.dumps(conflist))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"a CNI configuration must be JSON-able: {e}") from None
-        return data  # type: ignore[no-any-return]
+        return data
     if isinstance(conflist, os.PathLike) or (isinstance(conflist, str) and not conflist.lstrip().startswith("{")):
         path = os.fspath(conflist)
         try:
@@ -274,7 +274,7 @@ class CNI(NetworkConfig):
             raise NetworkError(errno.ESRCH, "the pod's holder exited while its network was being set up")
         path = self.search_path()
         binaries = [_find_plugin(p["type"], path) for p in self.conflist["plugins"]]
-        for plugin, binary in zip(self.conflist["plugins"], binaries):
+        for plugin, binary in zip(self.conflist["plugins"], binaries, strict=True):
             _check_version(plugin["type"], binary, self.conflist["cniVersion"], path)
         containerid = f"nsbox-{holder_pid}-{secrets.token_hex(4)}"
         cni_args = dict(self.args)
@@ -291,7 +291,7 @@ class CNI(NetworkConfig):
         att = CNIAttachment(
             ifname=self.ifname, host_ifname="", containerid=containerid, network=self.name,
             conflist=copy.deepcopy(self.conflist), path=path, cni_args=args, runtime=runtime,
-            ports=[tuple(p) for p in ports], holder=owner, creator=_proc.owner(os.getpid()),
+            ports=[(str(p[0]), int(p[1]), int(p[2])) for p in ports], holder=owner, creator=_proc.owner(os.getpid()),
             host_netns_id=host_id,
         )
         att.state_dir = str(_cni_dir() / containerid)
@@ -647,7 +647,7 @@ def _run_plugin(kind: str, binary: str, command: str, conf: dict[str, Any], env:
                             (stderr or out.decode(errors="replace"))[-500:])
     if out and not isinstance(data, dict):
         raise _plugin_error(kind, command, None, "its output is not a JSON object", out.decode(errors="replace")[:500])
-    return data  # type: ignore[no-any-return]
+    return data
 
 
 # ---- state directories and pins --------------------------------------------------------
@@ -772,26 +772,35 @@ def sweep() -> list[str]:
         sdir = _cni_dir() / cid
         if not sdir.is_dir():
             continue
-        info: dict[str, str] = {}
-
-        def run_del(state: dict[str, Any]) -> None:
-            holder = state.get("holder") or [0, 0]
-            if _proc.owner(int(holder[0])) == (int(holder[0]), int(holder[1])):
-                raise _Skip()  # its pod runs
-            att = CNIAttachment.from_record(state)
-            if att.host_netns_id != here:
-                raise _Skip()  # its plugins ran in another network namespace: not from here
-            att._del_plugins()
-            info["what"] = f"CNI network {att.network} of {cid}: DEL of {len(att.conflist['plugins'])} plugin(s), pin"
-
         try:
-            if _teardown(str(sdir), run_del, blocking=False):
-                removed.append(info.get("what", f"CNI state {cid}: a start that never got to ADD"))
+            line = _sweep_one(sdir, here)
         except _Skip:
             continue
         except Exception as e:
-            removed.append(f"CNI state {cid}: DEL failed: {e}")
+            line = f"CNI state {cid}: DEL failed: {e}"
+        if line is not None:
+            removed.append(line)
     return removed
+
+
+def _sweep_one(sdir: Path, here: tuple[int, int]) -> Optional[str]:
+    """DEL of one state directory if its holder is dead and nobody has it
+    locked; what was removed, or None (locked).  _Skip: its pod runs, or
+    its plugins ran in another network namespace."""
+    info = {"what": f"CNI state {sdir.name}: a start that never got to ADD"}
+
+    def run_del(state: dict[str, Any]) -> None:
+        holder = state.get("holder") or [0, 0]
+        if _proc.owner(int(holder[0])) == (int(holder[0]), int(holder[1])):
+            raise _Skip()  # its pod runs
+        att = CNIAttachment.from_record(state)
+        if att.host_netns_id != here:
+            raise _Skip()  # its plugins ran in another network namespace: not from here
+        att._del_plugins()
+        info["what"] = (f"CNI network {att.network} of {sdir.name}: DEL of {len(att.conflist['plugins'])} "
+                        "plugin(s), the netns pin")
+
+    return info["what"] if _teardown(str(sdir), run_del, blocking=False) else None
 
 
 class _Skip(Exception):
