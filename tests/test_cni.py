@@ -296,6 +296,11 @@ with open({log!r}, "a") as f:
 if cmd == "VERSION":
     print(json.dumps({{"cniVersion": conf["cniVersion"], "supportedVersions": ["0.4.0", "1.0.0"]}}))
 elif cmd == "ADD":
+    if conf.get("hang"):
+        with open({log!r} + ".hanging", "w") as f:
+            f.write(str(os.getpid()))
+        import time
+        time.sleep(60)
     if conf.get("fail"):
         print(json.dumps({{"cniVersion": conf["cniVersion"], "code": 7, "msg": "refusing on purpose",
                           "details": "the test asked"}}))
@@ -487,4 +492,39 @@ def test_pods_from_threads_then_stop_all(net):
     finally:
         nsbox.stop_all(pods)
     assert net.leases() == [] and state_dirs() == []  # (no settle(): DEL ran before stop_all returned)
+    assert os.listdir(f"/sys/class/net/{net.bridge}/brif") == []
+
+
+HANGING_CREATOR = """
+import json, sys
+import nsbox
+nsbox.Pod(network=nsbox.CNI(json.loads(sys.argv[1]), path=json.loads(sys.argv[2]))).start()
+"""
+
+
+def test_creator_killed_during_add_gc_runs_del(net, recorder, tmp_path):
+    """SIGKILL while the last plugin's ADD runs: gc DELs every plugin from the state
+    written before ADD (no result yet), and removes the pin."""
+    path, calls = recorder
+    conf = net.bridge_conf()
+    conf["plugins"].append({"type": "recorder", "hang": True})
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_CREATOR, json.dumps(conf), json.dumps(path)], cwd="/")
+    hanging = tmp_path / "calls.jsonl.hanging"
+    try:
+        assert wait_until(lambda: hanging.exists() and hanging.read_text(), timeout=10)
+        assert len(net.leases()) == 1  # the bridge plugin's ADD is done
+    finally:
+        proc.kill()
+        proc.wait()
+        if hanging.exists():
+            os.kill(int(hanging.read_text()), signal.SIGKILL)  # (the plugin, orphaned: not nsbox's)
+    (cid,) = state_dirs()
+    state = json.loads((run_dir() / "cni" / cid / "state.json").read_text())
+    assert state["result"] is None
+    holder = state["holder"][0]
+    assert wait_until(lambda: not os.path.exists(f"/proc/{holder}"), timeout=5)
+    removed = nsbox.gc()
+    assert any(cid in line and "DEL" in line for line in removed), removed
+    assert [c["cmd"] for c in calls()][-1] == "DEL" and "prevResult" not in calls()[-1]["conf"]
+    assert net.leases() == [] and state_dirs() == []
     assert os.listdir(f"/sys/class/net/{net.bridge}/brif") == []
