@@ -20,7 +20,7 @@ from .errors import (
 )
 from .kinds import DEFAULT_KINDS, KINDS
 from .namespaces import Namespace, join, joined
-from .net import Bridge, Veth
+from .net import CNI, Bridge, CNIError, Veth
 from .gc import gc
 from .lifecycle import PodStatus
 from .persist import pods
@@ -42,6 +42,7 @@ __all__ = [
     "PodProcess",
     "Veth",
     "Bridge",
+    "CNI",
     "EmptyDir",
     "HostPath",
     "DNS",
@@ -60,5 +61,6 @@ __all__ = [
     "ThreadingError",
     "UnsupportedError",
     "NetworkError",
+    "CNIError",
     "__version__",
 ]

@@ -10,7 +10,9 @@ network namespace the veth pairs in it.  What needs gc after a crash:
 - a persistent pod whose creator died while starting it: the half-made
   sandbox (its holder is killed) and its record; one whose stopper died
   half-way: the stop is finished;
-- of any pod whose holder is dead: IPAM leases and published-port rules and
+- of any pod whose holder is dead: its CNI attachments (DEL of the plugins
+  replayed from ``$NSBOX_RUN_DIR/cni/<container id>/state.json``, then its
+  network namespace's pin is removed); IPAM leases and published-port rules and
   reservations (owned by the holder's (pid, start time): a reused PID is not
   the owner).
 """
@@ -24,7 +26,7 @@ import signal
 import time
 
 from . import _proc, _syscalls, podfs
-from .net import ipam, nft, ports
+from .net import cni, ipam, nft, ports
 from .net.podnet import PodNetwork
 from .net.rundir import locked, prune
 from .persist import readable_records
@@ -74,6 +76,7 @@ def gc() -> list[str]:
                 cur.holder, cur.pins, cur.network = None, {}, []
                 cur.save()
                 removed.append(f"pod {rec.name}: pins (the pod is {cur.state}; restart or remove it)")
+    removed += cni.sweep()  # CNI attachments of dead holders: DEL from their state, then the pin
     removed += ipam.sweep()
     from .net import names as bridge_names
 

@@ -12,6 +12,7 @@ a :class:`~nsbox.spec.PodSpec` (what it is), a :class:`~nsbox.holder.Holder`
 """
 from __future__ import annotations
 
+import copy
 import errno
 import itertools
 import logging
@@ -372,7 +373,8 @@ class Pod:
             for k in spec.kinds:
                 self._inodes[k] = os.fstat(netns).st_ino if k == "net" and netns >= 0 else os.stat(proc + k).st_ino
             if spec.networks:
-                self._net = PodNetwork.attach(spec.networks, netns, pid)
+                # (a CNI network's plugins publish the ports at ADD, and name the pod in CNI_ARGS)
+                self._net = PodNetwork.attach(spec.networks, netns, pid, ports=spec.ports, pod_name=self.name)
                 if self._persist is not None:  # at once: what a crash from here on leaves, gc finds
                     self._persist.network_made(self._net.to_record())
         finally:
@@ -752,6 +754,32 @@ class Pod:
     def host_ifname(self) -> Optional[str]:
         """The name of the pod's (first) link on the host side, or None."""
         return self._net.host_ifname
+
+    @property
+    def cni_result(self) -> Optional[dict]:
+        """The result of the pod's (first) CNI network's ADD, as its last
+        plugin printed it (``interfaces``, ``ips``, ``routes``, ``dns``);
+        None without a CNI network or when not running."""
+        from .net.cni import CNIAttachment
+
+        for att in self._net.attachments:
+            if isinstance(att, CNIAttachment):
+                return copy.deepcopy(att.result)
+        return None
+
+    def cni_check(self) -> None:
+        """Run CNI ``CHECK`` of the pod's CNI networks (every plugin, with
+        the result of ADD): raises :class:`nsbox.CNIError` naming the plugin
+        that finds its part changed (e.g. the pod's address removed)."""
+        from .net.cni import CNIAttachment
+
+        with self._lock:
+            self._require_running()
+            atts = [att for att in self._net.attachments if isinstance(att, CNIAttachment)]
+            if not atts:
+                raise ConfigError(f"{self!r} has no CNI network")
+            for att in atts:
+                att.check()
 
     # ---- namespaces --------------------------------------------------------------
 

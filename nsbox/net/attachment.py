@@ -18,7 +18,7 @@ import ipaddress
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from .. import _proc
 from ..errors import ConfigError, NetworkError
@@ -49,6 +49,10 @@ class Attachment:
     link is shaped to.  The rest says what to undo: the host link
     (``host_index`` in the namespace ``host_netns_id``), the IPAM ``lease``
     and the ``published`` port rules."""
+
+    # False for attachments whose host side is not one veth of nsbox's
+    # (CNI: the plugins' own), which detach_all() does not wait for.
+    HAS_LINK: ClassVar[bool] = True
 
     ifname: str
     host_ifname: str
@@ -211,6 +215,10 @@ class Attachment:
         """The attachment ``record`` (from :meth:`to_record`) describes, able
         to :meth:`detach` from this process when its host side lives in this
         process's (or the calling thread's) network namespace."""
+        if record.get("kind") == "cni":
+            from .cni import CNIAttachment
+
+            return CNIAttachment.from_record(record)
         if record.get("version") != RECORD_VERSION:
             raise ConfigError(f"unknown attachment record version {record.get('version')!r}")
         dev, ino = record["host_netns"]
@@ -305,7 +313,7 @@ def detach_all(attachments: Sequence[Attachment], wait: float = KERNEL_CLEANUP) 
     gone: set[int] = set()
     by_netns: dict[tuple[int, int], list[Attachment]] = {}
     for att in attachments:
-        if not att.detached:
+        if not att.detached and att.HAS_LINK:
             by_netns.setdefault(att.host_netns_id, []).append(att)
     for group in by_netns.values():
         try:

@@ -63,9 +63,10 @@ class NetworkConfig:
 def network_from_dict(d: dict[str, Any]) -> Network:
     """The network ``d`` (from ``to_dict()``) describes: equal to the original."""
     from .bridge import Bridge
+    from .cni import CNI
     from .veth import Veth
 
-    kinds: dict[str, Any] = {Veth.KIND: Veth, Bridge.KIND: Bridge}
+    kinds: dict[str, Any] = {Veth.KIND: Veth, Bridge.KIND: Bridge, CNI.KIND: CNI}
     kind = d.get("type") if isinstance(d, dict) else None
     if kind not in kinds:
         raise ConfigError(f"not a network configuration (its 'type' must be one of {', '.join(kinds)}): {d!r}")

@@ -27,13 +27,22 @@ class PodNetwork:
         self.attachments = list(attachments)
 
     @classmethod
-    def attach(cls, networks: Sequence[Network], pod_netns_fd: int, holder_pid: int) -> "PodNetwork":
+    def attach(cls, networks: Sequence[Network], pod_netns_fd: int, holder_pid: int, *,
+               ports: Sequence[tuple[str, int, int]] = (), pod_name: Optional[str] = None) -> "PodNetwork":
         """Attach each of ``networks`` to the pod (only the first gives it a
-        default route); on failure, detach what was made and raise."""
+        default route); on failure, detach what was made and raise.  A CNI
+        network is given the pod's ``ports`` (the primary only: its plugins
+        publish them at ADD) and ``pod_name`` (for CNI_ARGS)."""
+        from .cni import CNI
+
         made = cls()
         try:
             for i, net in enumerate(networks):
-                made.attachments.append(net.attach(pod_netns_fd, holder_pid, primary=i == 0))
+                if isinstance(net, CNI):
+                    made.attachments.append(net.attach(pod_netns_fd, holder_pid, primary=i == 0,
+                                                       ports=ports if i == 0 else (), pod_name=pod_name))
+                else:
+                    made.attachments.append(net.attach(pod_netns_fd, holder_pid, primary=i == 0))
         except BaseException:
             try:
                 made.detach(background=False)  # (the pod's namespace is still alive)
