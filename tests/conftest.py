@@ -36,6 +36,8 @@ def session_leak_check():
     nsbox.net.rtnl.shared()
     if nsbox.net.nft.available():
         nsbox.net.nft.context()  # this process's nftables socket (port publishing)
+    with nsbox.Pod():
+        pass  # the watcher's epoll, kept once the process made a pod
     fds_before = _open_fds()
     links_before = host_links()
     state_before = run_state()
