@@ -753,7 +753,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from .gc import gc
+    from .cleanup import gc
 
     for line in gc():
         print(line)

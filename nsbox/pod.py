@@ -272,7 +272,7 @@ class Pod:
             self._make_sandbox(first)
         else:
             if first:
-                from .gc import gc
+                from .cleanup import gc
 
                 gc()  # what dead pods left (a crashed creator's leases, rules, half-made pods)
             with self._persist.exclusive():  # one process (re)starts it at a time
