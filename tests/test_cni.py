@@ -382,8 +382,8 @@ def test_del_after_the_holder_died_and_idempotent(net):
     record = att.to_record()
     veth = pod.host_ifname
     os.kill(pod.pid, signal.SIGKILL)
-    assert wait_until(lambda: not pod.alive, timeout=5)
-    nsbox.net.settle()  # the watcher noticed; DEL ran through the pin
+    pod.wait(timeout=5)  # (returns once the exit was handled: the teardown is under way)
+    nsbox.net.settle()  # DEL ran through the pin
     assert not os.path.exists(f"/sys/class/net/{veth}")
     assert net.leases() == [] and state_dirs() == []
     assert cni_rules([att.containerid]) == []
