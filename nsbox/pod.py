@@ -80,7 +80,8 @@ class Pod:
         Needs ``network``.
     network
         How the pod is wired: :class:`nsbox.Veth` (a point-to-point link to the
-        host) or :class:`nsbox.Bridge` (a shared bridge with IPAM), or a list
+        host), :class:`nsbox.Bridge` (a shared bridge with IPAM) or
+        :class:`nsbox.CNI` (real CNI plugins, see docs/runtime.md), or a list
         of them (each with its own ``ifname``; the first one is primary).
         Without it the pod has only ``lo`` (always up).
     uid_map, gid_map
