@@ -59,3 +59,75 @@ def test_a_container_joins_a_user_namespace_pod(runtime, tmp_path):
         assert "host=userns-pod" in r.stdout
         with open(f"/proc/{pod.pid}/uid_map") as f:
             assert r.stdout.split("host=userns-pod\n", 1)[1].split() == f.read().split()
+
+
+# ---- CNI -------------------------------------------------------------------------------
+
+import itertools  # noqa: E402
+
+from test_cni import PLUGINS, RECORDER, Net, cni_rules, state_dirs  # noqa: E402
+
+_numbers = itertools.count(200)
+
+
+@pytest.fixture
+def net(tmp_path):
+    n = Net(tmp_path, next(_numbers))
+    yield n
+    nsbox.net.settle()
+    subprocess.run(["ip", "link", "del", n.bridge], capture_output=True)
+    assert n.leases() == [], "host-local leases left"
+    assert cni_rules(["nsbox-"]) == [], "iptables rules of CNI attachments left"
+    assert state_dirs() == [], "CNI state directories left"
+
+
+@pytest.fixture
+def recorder(tmp_path):
+    import sys
+
+    d = tmp_path / "plugins"
+    d.mkdir()
+    log = tmp_path / "calls.jsonl"
+    plugin = d / "recorder"
+    plugin.write_text(RECORDER.format(python=sys.executable, log=str(log)))
+    plugin.chmod(0o755)
+
+    def calls():
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    return [str(d), PLUGINS], calls
+
+
+def test_plugins_of_a_nested_pod_are_spawned_without_python_between_fork_and_exec(net, monkeypatch):
+    """A pod made from a thread inside another pod's network namespace, stopped
+    from outside it: its plugins must run in the namespace ADD ran in, but
+    without preexec_fn (Python code in the forked child of a threaded program
+    can deadlock; subprocess's docs: 'NOT SAFE ... in the presence of threads')."""
+    import nsbox.net.cni as cni
+
+    seen = []
+    real_run = subprocess.run
+
+    def spy(*args, **kwargs):
+        seen.append((os.environ.get("CNI_COMMAND"), kwargs.get("env", {}).get("CNI_COMMAND"),
+                     kwargs.get("preexec_fn")))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(cni.subprocess, "run", spy)
+    with nsbox.Pod() as outer:
+        with nsbox.joined(outer, "net"):
+            outer_netns = os.stat("/proc/thread-self/ns/net").st_ino
+            inner = nsbox.Pod(network=nsbox.CNI(net.bridge_conf(ipMasq=False))).start()
+        def ports_of_bridge():
+            r = outer.run(["ip", "-o", "link", "show", "master", net.bridge], capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            return [line.split(":")[1].strip().split("@")[0] for line in r.stdout.splitlines()]
+
+        assert ports_of_bridge() == [inner.host_ifname]  # (the plugins ran in the outer pod)
+        assert os.stat("/proc/thread-self/ns/net").st_ino != outer_netns
+        inner.stop()  # DEL from this thread, outside the namespace the plugins ran in
+        assert ports_of_bridge() == []  # DEL ran, in the outer pod's namespace
+        assert net.leases() == [] and state_dirs() == []
+    cmds = [c[1] for c in seen]
+    assert cmds.count("DEL") == 1, cmds
+    assert all(c[2] is None for c in seen), [c[1] for c in seen if c[2] is not None]
