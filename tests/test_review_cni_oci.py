@@ -131,3 +131,111 @@ def test_plugins_of_a_nested_pod_are_spawned_without_python_between_fork_and_exe
     cmds = [c[1] for c in seen]
     assert cmds.count("DEL") == 1, cmds
     assert all(c[2] is None for c in seen), [c[1] for c in seen if c[2] is not None]
+
+
+def test_a_pin_copied_into_a_pods_mount_namespace_goes_at_del(net):
+    """A pod with a mount namespace of its own (private propagation) made while
+    another pod's pin exists holds a copy of that pin: DEL must not leave the
+    copy (it would keep the stopped pod's network namespace alive)."""
+    a = nsbox.Pod(network=nsbox.CNI(net.bridge_conf())).start()
+    cid = a._net.primary.containerid
+    with nsbox.Pod(kinds=("net", "ipc", "uts", "pid", "mnt")) as b:
+        with open(f"/proc/{b.pid}/mountinfo") as f:
+            assert cid in f.read()  # (the copy)
+        a.stop()
+        nsbox.net.settle()
+        with open(f"/proc/{b.pid}/mountinfo") as f:
+            assert cid not in f.read()
+
+
+def test_a_hanging_plugin_times_out_and_everything_is_deleted(net, recorder, monkeypatch):
+    import errno
+
+    import nsbox.net.cni as cni
+
+    path, calls = recorder
+    monkeypatch.setattr(cni, "PLUGIN_TIMEOUT", 1.0)
+    conf = net.bridge_conf()
+    conf["plugins"].append({"type": "recorder", "hang": True})
+    with pytest.raises(nsbox.CNIError) as e:
+        nsbox.Pod(network=nsbox.CNI(conf, path=path)).start()
+    assert e.value.errno == errno.ETIMEDOUT and e.value.plugin == "recorder" and e.value.command == "ADD"
+    assert [c["cmd"] for c in calls()] == ["VERSION", "ADD", "DEL"]
+    assert net.leases() == [] and state_dirs() == []
+
+
+@pytest.mark.parametrize("version", ["0.4.0", "0.3.1"])
+def test_older_cni_versions_results_are_read(net, version):
+    conf = {**net.bridge_conf(portmap=True), "cniVersion": version}
+    with nsbox.Pod(network=nsbox.CNI(conf), ports={19000 + net.n: 80}) as pod:
+        res = pod.cni_result
+        assert res["cniVersion"] == version
+        assert pod.address is not None and pod.address.network == net.subnet
+        assert str(pod._net.primary.host_address.ip) == str(net.gateway)
+        assert pod.host_ifname in os.listdir(f"/sys/class/net/{net.bridge}/brif")
+        if version == "0.4.0":
+            pod.cni_check()
+        else:
+            with pytest.raises(nsbox.ConfigError, match="CHECK needs"):
+                pod.cni_check()
+
+
+def test_run_dir_through_a_symlink(net, tmp_path, monkeypatch):
+    """$NSBOX_RUN_DIR naming a path through a symlink (/var/run -> /run): the
+    cni directory is bind-mounted once, not once per ADD (a second bind mount
+    would hide the pins made before it: their DEL would run without the netns
+    and their pins could not be removed)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.setenv("NSBOX_RUN_DIR", str(tmp_path / "link" / "nsbox"))
+    cni = nsbox.CNI(net.bridge_conf())
+    a = nsbox.Pod(network=cni).start()
+    b = nsbox.Pod(network=cni).start()
+    try:
+        with open("/proc/self/mountinfo") as f:
+            cni_mounts = [line for line in f if line.split()[4] == str(real / "nsbox" / "cni")]
+        assert len(cni_mounts) == 1, cni_mounts
+        pin_a = a._net.primary.netns
+        assert os.stat(pin_a).st_ino == a.inode("net")  # (still visible)
+    finally:
+        nsbox.stop_all([a, b])
+    assert not (real / "nsbox" / "cni").exists()
+    assert net.leases() == []
+
+
+def test_persistent_pods_oci_namespaces_stay_valid_with_a_symlinked_run_dir(tmp_path, monkeypatch):
+    """oci_namespaces() of a persistent pod are its pins: they must stay valid
+    while it runs, also once a second persistent pod has started (its pins
+    directory bind-mounted again would hide the first pod's pins)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.setenv("NSBOX_RUN_DIR", str(tmp_path / "link" / "nsbox"))
+    kinds = ("net", "ipc", "uts", "pid")
+    a = nsbox.Pod(name="rev-oci-a", persist=True, kinds=kinds).start()
+    try:
+        b = nsbox.Pod(name="rev-oci-b", persist=True, kinds=kinds).start()
+        try:
+            for ns in a.oci_namespaces():
+                kind = {v: k for k, v in nsbox.oci.OCI_TYPES.items()}[ns["type"]]
+                assert os.stat(ns["path"]).st_ino == a.inode(kind), ns
+        finally:
+            b.remove(force=True)
+    finally:
+        a.remove(force=True)
+
+
+def test_is_mount_point_reads_escaped_and_symlinked_paths(tmp_path):
+    from nsbox import _syscalls
+    from nsbox.net.rundir import is_mount_point
+
+    d = tmp_path / "a dir\twith blanks"
+    d.mkdir()
+    (tmp_path / "via").symlink_to(d)
+    assert not is_mount_point(d)
+    _syscalls.bind_mount(str(d), str(d))
+    try:
+        assert is_mount_point(d) and is_mount_point(tmp_path / "via")
+    finally:
+        _syscalls.umount(str(d))

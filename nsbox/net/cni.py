@@ -52,7 +52,7 @@ from . import teardown
 from .attachment import Attachment
 from .network import NetworkConfig
 from .ports import parse_ports
-from .rundir import locked, prune, run_dir
+from .rundir import is_mount_point, locked, prune, run_dir
 from .shaping import Shaping
 from .validate import check_ifname
 
@@ -696,18 +696,13 @@ def _is_pinned(path: str) -> bool:
         return False
 
 
-def _mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
 def _share_cni_dir() -> None:
     """The cni directory as a shared mount point of its own (as
     ``ip netns`` does with /run/netns), so pins appear in the mount
     namespaces that copied it.  (Under the state lock.)"""
     d = _cni_dir()
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if _mounted(d):
+    if is_mount_point(d):
         return
     try:
         _syscalls.bind_mount(str(d), str(d))
@@ -729,7 +724,7 @@ def _unshare_cni_dir() -> None:
             return
     except FileNotFoundError:
         return
-    if _mounted(d):
+    if is_mount_point(d):
         try:
             _syscalls.umount(str(d))
         except OSError:
