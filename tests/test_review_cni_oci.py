@@ -239,3 +239,32 @@ def test_is_mount_point_reads_escaped_and_symlinked_paths(tmp_path):
         assert is_mount_point(d) and is_mount_point(tmp_path / "via")
     finally:
         _syscalls.umount(str(d))
+
+
+def test_persistent_pod_restart_is_a_new_attachment(net):
+    pod = nsbox.Pod(name="rev-cni-restart", persist=True, network=nsbox.CNI(net.bridge_conf())).start()
+    try:
+        first = pod._net.primary.containerid
+        pod.restart()
+        nsbox.net.settle()
+        second = pod._net.primary.containerid
+        assert second != first and state_dirs() == [second] and len(net.leases()) == 1
+        rec = json.loads((nsbox.net.rundir.run_dir() / "pods" / "rev-cni-restart" / "record.json").read_text())
+        assert rec["network"][0]["containerid"] == second
+        assert nsbox.Pod.attach("rev-cni-restart").cni_result == pod.cni_result
+    finally:
+        pod.remove(force=True)
+        nsbox.net.settle()
+
+
+def test_gc_reports_only_what_it_removed(net):
+    """A state directory gc listed but that its owner removed before gc got to
+    it (a pod stopped meanwhile) is not reported as removed by gc."""
+    import nsbox.net.cni as cni
+
+    pod = nsbox.Pod(network=nsbox.CNI(net.bridge_conf())).start()
+    sdir = Path(pod._net.primary.state_dir)
+    pod.stop()
+    nsbox.net.settle()
+    assert not sdir.exists()
+    assert cni._sweep_one(sdir, cni._thread_netns_id()) is None  # (what sweep() does after its listing)

@@ -749,19 +749,23 @@ def _remove_state_dir(state_dir: str) -> None:
         _unshare_cni_dir()
 
 
-def _teardown(state_dir: str, run_del: Any, blocking: bool = True) -> bool:
+def _teardown(state_dir: str, run_del: Any, blocking: bool = True) -> Optional[bool]:
     """With the state directory's lock: if its state is still there,
     ``run_del(state)``, then remove the pin and the state.  False if the
-    lock was taken (not ``blocking``); True if done (or nothing was left)."""
+    lock was taken (not ``blocking``); True if done; None if nothing was
+    left (another process removed the directory, before or while we waited
+    for its lock)."""
     try:
         fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return True  # done already
+        return None  # done already
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             return False
+        if os.fstat(fd).st_nlink == 0:
+            return None  # removed by whoever had the lock before us
         state_file = Path(state_dir) / "state.json"
         try:
             state = json.loads(state_file.read_text())
