@@ -11,6 +11,7 @@ run in the pod.
 from __future__ import annotations
 
 import copy
+import errno
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -37,7 +38,6 @@ def namespaces(pod: "Pod", *, exclude: Iterable[str] = ()) -> list[dict[str, str
     status = pod.status()
     if status.state != "running" or status.pid is None:
         from .errors import NotRunningError
-        import errno
 
         raise NotRunningError(errno.ESRCH, f"{pod!r} is not running: start it before asking for its namespaces")
     out = []
@@ -53,7 +53,8 @@ def bundle_config(pod: "Pod", config: dict[str, Any], *, volumes: Optional[dict[
     """A copy of ``config`` (a ``runc spec`` config.json) made to join
     ``pod``: ``linux.namespaces`` from :func:`namespaces` (the container
     keeps a mount namespace of its own for its root filesystem; a pod's
-    user namespace is joined and its id maps are then not set again),
+    user namespace is joined, and uidMappings/gidMappings are set to its maps:
+    runc 1.1 needs them, neither runtime writes them again),
     ``hostname`` dropped (with uts joined the runtime would overwrite the
     pod's), and ``volumes`` (``{pod mount path: container path}``) bound
     in from :meth:`Pod.volume_path`."""
@@ -67,8 +68,11 @@ def bundle_config(pod: "Pod", config: dict[str, Any], *, volumes: Optional[dict[
         own.append({"type": "mount"})
     cfg["linux"]["namespaces"] = joined + own
     if any(j["type"] == "user" for j in joined):
-        cfg["linux"].pop("uidMappings", None)
-        cfg["linux"].pop("gidMappings", None)
+        # The pod's own maps: a joined user namespace keeps its maps (the
+        # runtime writes none), but runc 1.1 refuses a user namespace without
+        # them ("no uid mappings found") and uses them for the host root id.
+        cfg["linux"]["uidMappings"] = _id_mappings(pod, "uid_map")
+        cfg["linux"]["gidMappings"] = _id_mappings(pod, "gid_map")
     cfg.pop("hostname", None)
     if volumes:
         mounts = cfg.setdefault("mounts", [])
@@ -76,3 +80,16 @@ def bundle_config(pod: "Pod", config: dict[str, Any], *, volumes: Optional[dict[
             mounts.append({"destination": dest, "type": "bind", "source": str(pod.volume_path(pod_path)),
                            "options": ["rbind", "rw"]})
     return cfg
+
+
+def _id_mappings(pod: "Pod", which: str) -> list[dict[str, int]]:
+    """The holder's ``/proc/PID/uid_map`` (or ``gid_map``) as OCI id mappings."""
+    pid = pod.pid
+    try:
+        with open(f"/proc/{pid}/{which}") as f:
+            lines = [line.split() for line in f.read().splitlines() if line.strip()]
+    except OSError as e:
+        from .errors import NotRunningError
+
+        raise NotRunningError(e.errno or errno.ESRCH, f"{pod!r}: reading its {which}: {e.strerror}") from None
+    return [{"containerID": int(a), "hostID": int(b), "size": int(c)} for a, b, c in lines]

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from . import _proc, _syscalls
 from .errors import ConfigError, NsboxError
-from .net.rundir import prune, run_dir
+from .net.rundir import is_mount_point, prune, run_dir
 
 __all__ = ["Record", "check_name", "pod_dir", "names", "pin", "unpin", "RECORD_FORMAT"]
 
@@ -125,18 +125,13 @@ class Record:
         unshare_pods_dir()
 
 
-def _is_mount_point(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
 def _share_pods_dir() -> None:
     """Make the pods directory a shared mount point of its own, once (as
     ``ip netns`` does with /run/netns): pins made in it then appear in the
     mount namespaces that copied it, whatever the propagation of the mount
     it lives on.  (Under the state lock.)"""
     d = pods_dir()
-    if _is_mount_point(d):
+    if is_mount_point(d):
         return
     _syscalls.bind_mount(str(d), str(d))
     try:
@@ -155,7 +150,7 @@ def unshare_pods_dir() -> None:
             return
     except FileNotFoundError:
         return
-    if _is_mount_point(d):
+    if is_mount_point(d):
         _syscalls.umount(str(d))
     prune(d)
 

@@ -39,10 +39,11 @@ import os
 import re
 import secrets
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from .. import _proc, _syscalls
 from ..errors import ConfigError, NetworkError
@@ -51,7 +52,7 @@ from . import teardown
 from .attachment import Attachment
 from .network import NetworkConfig
 from .ports import parse_ports
-from .rundir import locked, prune, run_dir
+from .rundir import is_mount_point, locked, prune, run_dir
 from .shaping import Shaping
 from .validate import check_ifname
 
@@ -69,6 +70,7 @@ PLUGIN_TIMEOUT = 60.0
 RECORD_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 class CNIError(NetworkError):
@@ -503,18 +505,21 @@ class CNIAttachment(Attachment):
                    CNI_NETNS=self.netns if netns is None else netns, CNI_IFNAME=self.ifname,
                    CNI_ARGS=self.cni_args, CNI_PATH=":".join(self.path))
         binary = _find_plugin(plugin["type"], self.path)
-        return _run_plugin(plugin["type"], binary, command, conf, env, self._preexec())
+        fd = self._other_netns()
+        if fd is None:
+            return _run_plugin(plugin["type"], binary, command, conf, env)
+        return _in_netns(fd, lambda: _run_plugin(plugin["type"], binary, command, conf, env))
 
-    def _preexec(self) -> Any:
-        """Plugins run in the namespace ADD ran in: the calling thread's if
-        it is that one, else (a thread in a pod) entered in the child."""
+    def _other_netns(self) -> Optional[int]:
+        """Plugins run in the namespace ADD ran in: None if the calling
+        thread is in it, else an fd on it (for a helper thread to enter:
+        never code between fork and exec, which is unsafe with threads)."""
         if _thread_netns_id() == self.host_netns_id:
             return None
         if self.host_netns < 0:
             raise NetworkError(errno.ENOENT, f"the network namespace the CNI plugins of {self.containerid} ran in "
                                f"(net:[{self.host_netns_id[1]}]) is not this process's")
-        fd = self.host_netns
-        return lambda: _syscalls.setns(fd, _CLONE_NEWNET)
+        return self.host_netns
 
     def _save(self) -> None:
         tmp = Path(self.state_dir) / ".state.json.tmp"
@@ -607,7 +612,7 @@ def _check_version(kind: str, binary: str, version: str, path: Sequence[str]) ->
     if supported is None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
         env.update(CNI_COMMAND="VERSION", CNI_PATH=":".join(path))
-        out = _run_plugin(kind, binary, "VERSION", {"cniVersion": version}, env, None) or {}
+        out = _run_plugin(kind, binary, "VERSION", {"cniVersion": version}, env) or {}
         supported = out.get("supportedVersions")
         if not isinstance(supported, list):
             raise _plugin_error(kind, "VERSION", None, f"it printed no supportedVersions: {out!r}")
@@ -617,13 +622,34 @@ def _check_version(kind: str, binary: str, version: str, path: Sequence[str]) ->
                             f"(it supports {', '.join(map(str, supported))})")
 
 
-def _run_plugin(kind: str, binary: str, command: str, conf: dict[str, Any], env: dict[str, str],
-                preexec: Any) -> Optional[dict[str, Any]]:
+def _in_netns(fd: int, fn: Callable[[], T]) -> T:
+    """``fn()`` in a helper thread that entered the network namespace ``fd``
+    (setns acts on the calling thread only; the caller's stays where it is)."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            _syscalls.setns(fd, _CLONE_NEWNET)
+            out.append((True, fn()))
+        except BaseException as e:  # (handed to the caller)
+            out.append((False, e))
+
+    t = threading.Thread(target=run, name="nsbox-cni-plugin", daemon=True)
+    t.start()
+    t.join()
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _run_plugin(kind: str, binary: str, command: str, conf: dict[str, Any],
+                env: dict[str, str]) -> Optional[dict[str, Any]]:
     """Execute one plugin; its JSON output (None if it printed nothing), or
     :class:`CNIError` with the error object it printed."""
     try:
         proc = subprocess.run([binary], input=json.dumps(conf).encode(), env=env, capture_output=True,
-                              timeout=PLUGIN_TIMEOUT, cwd="/", preexec_fn=preexec)
+                              timeout=PLUGIN_TIMEOUT, cwd="/")
     except subprocess.TimeoutExpired:
         raise _plugin_error(kind, command, None, f"it did not finish within {PLUGIN_TIMEOUT:g} s",
                             err=errno.ETIMEDOUT) from None
@@ -670,18 +696,13 @@ def _is_pinned(path: str) -> bool:
         return False
 
 
-def _mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
 def _share_cni_dir() -> None:
     """The cni directory as a shared mount point of its own (as
     ``ip netns`` does with /run/netns), so pins appear in the mount
     namespaces that copied it.  (Under the state lock.)"""
     d = _cni_dir()
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if _mounted(d):
+    if is_mount_point(d):
         return
     try:
         _syscalls.bind_mount(str(d), str(d))
@@ -703,7 +724,7 @@ def _unshare_cni_dir() -> None:
             return
     except FileNotFoundError:
         return
-    if _mounted(d):
+    if is_mount_point(d):
         try:
             _syscalls.umount(str(d))
         except OSError:
@@ -728,19 +749,23 @@ def _remove_state_dir(state_dir: str) -> None:
         _unshare_cni_dir()
 
 
-def _teardown(state_dir: str, run_del: Any, blocking: bool = True) -> bool:
+def _teardown(state_dir: str, run_del: Any, blocking: bool = True) -> Optional[bool]:
     """With the state directory's lock: if its state is still there,
     ``run_del(state)``, then remove the pin and the state.  False if the
-    lock was taken (not ``blocking``); True if done (or nothing was left)."""
+    lock was taken (not ``blocking``); True if done; None if nothing was
+    left (another process removed the directory, before or while we waited
+    for its lock)."""
     try:
         fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return True  # done already
+        return None  # done already
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             return False
+        if os.fstat(fd).st_nlink == 0:
+            return None  # removed by whoever had the lock before us
         state_file = Path(state_dir) / "state.json"
         try:
             state = json.loads(state_file.read_text())

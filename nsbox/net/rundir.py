@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import NetworkError
 
-__all__ = ["run_dir", "locked", "prune"]
+__all__ = ["run_dir", "locked", "prune", "is_mount_point"]
 
 
 def run_dir() -> Path:
@@ -47,3 +48,18 @@ def prune(path: Path) -> None:
         except OSError:
             return
         path = path.parent
+
+
+def is_mount_point(path: Path) -> bool:
+    """True if ``path`` is a mount point in this mount namespace.
+    /proc/self/mountinfo names mount points by their real path, octal-escaped:
+    compare with ``path`` resolved (a run directory reached through a
+    symlink, such as /var/run, must not be bind-mounted again and again: each
+    new bind mount would hide the pins made below the previous one)."""
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(_unescape(line.split()[4]) == real for line in f)
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
