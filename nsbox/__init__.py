@@ -9,6 +9,7 @@ as a Python library.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 # The exceptions are light: loaded at once.  Everything else on first use,
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from .spec import PodSpec
     from .volumes import EmptyDir, HostPath
 
+    from . import cleanup, cli, errors, kinds, net, oci, podfiles, spec, sysctls, volumes  # noqa: F401  (_SUBMODULES)
+
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
@@ -54,16 +57,22 @@ _LAZY = {
 _SUBMODULES = {"net", "oci", "errors", "kinds", "spec", "volumes", "podfiles", "sysctls", "cli", "cleanup"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(module, __name__), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module("." + name, __name__)
-    else:
-        raise AttributeError(f"module 'nsbox' has no attribute {name!r}")
-    globals()[name] = value
-    return value
+# (Only at run time: to a type checker the names are the imports above, so
+# that a misspelt nsbox.X is an error rather than Any.)
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is not None:
+            value = getattr(importlib.import_module(module, __name__), name)
+        elif name in _SUBMODULES or (not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None):
+            # (any submodule: before it was lazy, `import nsbox` imported them
+            # all, and code reached them as nsbox.holder, nsbox.persist, ...)
+            value = importlib.import_module("." + name, __name__)
+        else:
+            raise AttributeError(f"module 'nsbox' has no attribute {name!r}")
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:

@@ -70,6 +70,12 @@ class Failure(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviations (--hostn for --hostname): _command_start must know
+        # which words are option values, to find where the program starts.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         """One line, exit 2 (argparse prints the usage too)."""
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
@@ -407,6 +413,7 @@ class _Terminal:
         self._saved: Optional[list] = None
         self._stop_r, self._stop_w = os.pipe()
         self._thread: Optional[threading.Thread] = None
+        self._proc: Optional[subprocess.Popen] = None
         self.resize()
 
     def _our_tty(self) -> Optional[int]:
@@ -423,7 +430,8 @@ class _Terminal:
             size = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
             fcntl.ioctl(self.master, termios.TIOCSWINSZ, size)
 
-    def start(self) -> None:
+    def start(self, proc: subprocess.Popen) -> None:
+        self._proc = proc
         os.close(self.slave)  # (the program has it: EIO on the master once it and its children are gone)
         self.slave = -1
         if os.isatty(self.stdin):
@@ -437,6 +445,7 @@ class _Terminal:
         to_pod = b""
         reading = True
         stopping = False
+        output_gone = False
         while True:
             rlist = [self.master] + ([self.stdin] if reading and not to_pod and not stopping else [])
             rlist += [] if stopping else [self._stop_r]
@@ -456,8 +465,13 @@ class _Terminal:
                     return
                 if data == b"":
                     return
-                if data:
-                    _write_all(self.stdout, data)
+                if data and not output_gone and not _write_all(self.stdout, data):
+                    # Our stdout's reader went away (``nsbox run -t -- yes | head``):
+                    # the program would have got SIGPIPE writing to it directly.
+                    # (Its further output is read and dropped.)
+                    output_gone = True
+                    if self._proc is not None:
+                        self._proc.send_signal(signal.SIGPIPE)
             elif stopping:
                 return  # nothing more within 0.1 s (a background process may keep the terminal)
             if self.stdin in r:
@@ -492,14 +506,16 @@ class _Terminal:
         self.master = self.slave = self._stop_r = self._stop_w = -1
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes) -> bool:
+    """Write ``data``; False if ``fd`` is gone (a closed pipe: EPIPE)."""
     while data:
         try:
             data = data[os.write(fd, data):]
         except BlockingIOError:
             select.select([], [fd], [])
-        except OSError:  # our stdout is gone: drop the output, as a closed pipe would
-            return
+        except OSError:
+            return False
+    return True
 
 
 def _run_program(spawn: Callable[..., subprocess.Popen], cmd: list[str], args: argparse.Namespace) -> int:
@@ -521,7 +537,7 @@ def _run_program(spawn: Callable[..., subprocess.Popen], cmd: list[str], args: a
             _exec_failed(e, cmd, args)
             raise Failure(f"failed to execute {cmd[0]}: {e.strerror or e}", EXIT_CANNOT_EXECUTE) from None
         if term is not None:
-            term.start()
+            term.start(proc)
         with proc:
             returncode = _wait(proc, forward_terminal=term is not None, on_winch=term.resize if term else None)
     finally:
@@ -618,6 +634,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
     _block_signals()
     pod = _attach(args.name, EXIT_NSBOX)
     if not pod.alive:
+        busy = _in_progress(args.name)
+        if busy is not None:
+            raise Failure(f"pod {args.name!r} is not running yet: it is {busy}; try again once it is done", EXIT_NSBOX)
         raise Failure(f"pod {args.name!r} is not running ({pod.status().state}); start it with 'nsbox restart {args.name}'",
                       EXIT_NSBOX)
     extra = [k for k in kinds or () if k not in pod.kinds]
@@ -718,7 +737,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if args.timeout < 0:
         raise UsageError(f"--timeout must be >= 0, not {args.timeout}")
     for name in _names(args.names):
-        _attach(name).stop(timeout=args.timeout)
+        pod = _attach(name)
+        busy = _in_progress(name)
+        if busy is not None and busy.startswith("starting") and not pod.alive:
+            # (Pod.attach sees no sandbox yet: stop() would do nothing, and the pod would then run.)
+            raise Failure(f"pod {name!r} is {busy}; try again once it is done")
+        pod.stop(timeout=args.timeout)
     return 0
 
 
@@ -787,6 +811,21 @@ def _attach(name: str, code: int = EXIT_FAILURE) -> Any:
         return Pod.attach(name)
     except NotRunningError:
         raise Failure(f"no persistent pod named {name!r} (nsbox ls lists them)", code) from None
+
+
+def _in_progress(name: str) -> Optional[str]:
+    """"starting (by PID N)" or "stopping (by PID N)" while another live
+    process starts or stops the persistent pod ``name``; else None."""
+    from .errors import NotRunningError
+    from .persist import Persistence
+
+    try:
+        rec = Persistence.load(name)
+    except NotRunningError:
+        return None
+    if rec.state in ("starting", "stopping") and rec.creator_alive():
+        return f"{rec.state} (by PID {rec.creator and rec.creator[0]})"
+    return None
 
 
 def _records() -> list[tuple[Any, Any]]:
@@ -893,8 +932,7 @@ def _command_start(parser: argparse.ArgumentParser, argv: list[str]) -> Optional
         if word == "--":
             return i if sub is not None else None
         if word.startswith("-") and word != "-":
-            if "=" not in word:
-                skip = takes_value.get(word, False)
+            skip = _takes_next_word(word, takes_value)
             continue
         if sub is None:
             if word not in ("run", "exec", "join"):
@@ -907,6 +945,22 @@ def _command_start(parser: argparse.ArgumentParser, argv: list[str]) -> Optional
         else:
             return i
     return None
+
+
+def _takes_next_word(word: str, takes_value: dict[str, bool]) -> bool:
+    """Whether the option word ``word`` takes the next word as its value
+    (``--cwd DIR``, ``-w DIR``, ``-tw DIR``; not ``--cwd=DIR`` nor ``-wDIR``)."""
+    if word in takes_value:
+        return takes_value[word]
+    if word.startswith("--") or "=" in word[:2]:
+        return False
+    for j in range(1, len(word)):  # combined short options: -tw DIR
+        value = takes_value.get("-" + word[j])
+        if value is None:
+            return False
+        if value:
+            return j == len(word) - 1  # the value is the rest of the word, or the next word
+    return False
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

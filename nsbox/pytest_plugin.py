@@ -534,17 +534,26 @@ _NEVER_STOPPED = "was never stopped; stopping it now"  # Pod.__del__'s ResourceW
 def _nsbox_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     before = _Snapshot.take()
     # A pod dropped without stop() is stopped by its __del__, with a
-    # ResourceWarning (ignored by default): it is a leak too.  Warnings are
-    # recorded here, then handed on to pytest's own capture as they were.
-    with warnings.catch_warnings(record=True) as caught:
+    # ResourceWarning (ignored by default): it is a leak too.  Those are
+    # noted as they are shown; every warning still goes, at once and once,
+    # to whatever shows them (pytest's capture), after the filters the test
+    # runs under decided about it (re-emitting it later would not give the
+    # module-specific filters the module they match).
+    never_stopped: list[str] = []
+    with warnings.catch_warnings():
         warnings.filterwarnings("always", message=".*" + _NEVER_STOPPED, category=ResourceWarning)
+        shown = warnings.showwarning
+
+        def showwarning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+            text = str(message)
+            if issubclass(category, ResourceWarning) and text.endswith(_NEVER_STOPPED):
+                never_stopped.append(text)
+            shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = showwarning
         yield
-    leaks = []
-    for w in caught:
-        text = str(w.message)
-        if issubclass(w.category, ResourceWarning) and text.endswith(_NEVER_STOPPED):
-            leaks.append(_Leak("pod", f"{text[:-len(_NEVER_STOPPED)].strip()} was never stopped (its __del__ stopped it)"))
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    leaks = [_Leak("pod", f"{text[:-len(_NEVER_STOPPED)].strip()} was never stopped (its __del__ stopped it)")
+             for text in never_stopped]
     leaks += _leaks_after(before)
     if leaks:
         cleaned = _clean(leaks)
