@@ -882,7 +882,10 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The ``nsbox`` command; returns the exit status."""
-    args = _parse(_parser(), list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = _parse(_parser(), list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # (^C while starting up: no traceback)
+        return 128 + signal.SIGINT
     logging.basicConfig(format="nsbox: %(levelname)s: %(message)s", level=logging.DEBUG if _debug(args) else logging.WARNING)
     runs_program = args.command in ("run", "exec", "join")
     try:
