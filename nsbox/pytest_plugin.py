@@ -307,13 +307,15 @@ def _reclaim(host: Any, subnet: ipaddress.IPv4Network) -> bool:
     from nsbox.errors import NetworkError
     from nsbox.net import messages as msg
 
+    from nsbox.net.link import link_index
+
     name = bridge_name(subnet)
-    if not os.path.isdir(f"/sys/class/net/{name}"):
+    if link_index(host, name) is None:  # (rtnetlink: the calling thread's namespace, unlike /sys/class/net)
         _bridge_state(name, subnet).destroy()
         return True
     bridge = nsbox.Bridge(name, subnet=subnet)
     try:
-        bridge._check_ours()
+        bridge._check_ours(host)
     except NetworkError:
         return False  # someone else's link with that name: leave it, skip the block
     if bridge.ports() or bridge._ipam.live_leases():

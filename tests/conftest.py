@@ -166,3 +166,21 @@ def bridge():
 def pod():
     with nsbox.Pod(hostname="nsbox-test") as p:
         yield p
+
+
+@pytest.fixture(scope="module")
+def _node_pod():
+    with nsbox.Pod(kinds=("net",)) as node:
+        yield node
+
+
+@pytest.fixture
+def cni_node(_node_pod):
+    """The test's thread in a private "node" network namespace (a pod of its
+    own standing in for the host), for tests that run real CNI plugins: the
+    bridges, routes and iptables rules they make never touch the real host's
+    network, also when the suite runs on the host (CI).  Threads and
+    processes the test starts inherit it; /sys/class/net does not follow
+    (use helpers.link_exists / helpers.bridge_ports)."""
+    with _node_pod.joined("net"):
+        yield _node_pod

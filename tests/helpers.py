@@ -93,3 +93,19 @@ class another_thread:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
+
+
+def link_exists(name: str) -> bool:
+    """Whether link ``name`` is in the calling thread's network namespace
+    (/sys/class/net shows the namespace sysfs was mounted in, not the thread's)."""
+    import subprocess
+
+    return subprocess.run(["ip", "link", "show", "dev", name], capture_output=True).returncode == 0
+
+
+def bridge_ports(bridge: str) -> list[str]:
+    """The links enslaved to ``bridge``, in the calling thread's network namespace."""
+    import subprocess
+
+    out = subprocess.run(["ip", "-o", "link", "show", "master", bridge], capture_output=True, text=True).stdout
+    return sorted(line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line.strip())

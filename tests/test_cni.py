@@ -2,9 +2,9 @@
 containernetworking-plugins, /usr/lib/cni).
 
 The plugins change the network namespace they run in (a bridge, iptables
-rules).  Run these tests only through the isolated runner
-(/work/isotest.sh), whose private network namespace stands in for the
-node: nothing here touches the real host's network.
+rules): every test runs with its thread in a private "node" network
+namespace (the ``cni_node`` fixture of conftest), so nothing here touches
+the real host's network, wherever the suite runs.
 """
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ import nsbox
 from nsbox.net import network_from_dict
 from nsbox.net.cni import CNIAttachment
 from nsbox.net.rundir import run_dir
-from helpers import wait_until
+from helpers import bridge_ports, link_exists, wait_until
+
+# Every test runs in a private "node" network namespace (see conftest.cni_node).
+pytestmark = pytest.mark.usefixtures("cni_node")
 
 PLUGINS = "/usr/lib/cni"
 if not os.path.exists(os.path.join(PLUGINS, "bridge")):
@@ -160,7 +163,7 @@ def test_bridge_host_local_two_pods_ping_and_talk_tcp(net):
             assert [i["name"] for i in res["interfaces"]][0] == net.bridge
             assert res["interfaces"][-1]["name"] == "eth0" and res["interfaces"][-1]["sandbox"]
             assert ipaddress.ip_interface(res["ips"][0]["address"]) == pod.address
-            assert pod.host_ifname in os.listdir(f"/sys/class/net/{net.bridge}/brif")
+            assert pod.host_ifname in bridge_ports(net.bridge)
         assert a.address != b.address
         assert len(net.leases()) == 2
         r = a.run(["ping", "-c1", "-W2", str(b.address.ip)], capture_output=True, text=True)
@@ -185,8 +188,8 @@ def test_bridge_host_local_two_pods_ping_and_talk_tcp(net):
         assert cni_rules(ids)  # ipMasq's rules, tagged with the container ids
         veths = [a.host_ifname, b.host_ifname]
     nsbox.net.settle()  # DEL runs in the background teardown
-    assert os.listdir(f"/sys/class/net/{net.bridge}/brif") == []
-    assert not any(os.path.exists(f"/sys/class/net/{v}") for v in veths)
+    assert bridge_ports(net.bridge) == []
+    assert not any(link_exists(v) for v in veths)
     assert net.leases() == []
     assert cni_rules(ids) == []
     assert state_dirs() == []
@@ -200,14 +203,14 @@ def test_ptp(net):
         assert len(res["interfaces"]) == 2 and "sandbox" not in res["interfaces"][0]
         assert pod.host_ifname == res["interfaces"][0]["name"]
         assert pod.address.network == net.subnet
-        host_end = os.path.exists(f"/sys/class/net/{pod.host_ifname}")
+        host_end = link_exists(pod.host_ifname)
         # ptp gives the host end the gateway address: the pod reaches the host
         r = pod.run(["ping", "-c1", "-W2", str(res["ips"][0]["gateway"])], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
         assert host_end
         veth = pod.host_ifname
     nsbox.net.settle()
-    assert not os.path.exists(f"/sys/class/net/{veth}")
+    assert not link_exists(veth)
 
 
 def test_loopback_network_next_to_a_bridge(net):
@@ -372,7 +375,7 @@ def test_add_failing_halfway_deletes_every_plugin_in_reverse(net, recorder):
     assert "prevResult" not in calls()[-1]["conf"]  # (no result: ADD failed)
     # the bridge plugin's DEL ran too: no lease, no veth, no state, no rule
     assert net.leases() == []
-    assert os.listdir(f"/sys/class/net/{net.bridge}/brif") == []
+    assert bridge_ports(net.bridge) == []
     assert state_dirs() == []
 
 
@@ -384,7 +387,7 @@ def test_del_after_the_holder_died_and_idempotent(net):
     os.kill(pod.pid, signal.SIGKILL)
     pod.wait(timeout=5)  # (returns once the exit was handled: the teardown is under way)
     nsbox.net.settle()  # DEL ran through the pin
-    assert not os.path.exists(f"/sys/class/net/{veth}")
+    assert not link_exists(veth)
     assert net.leases() == [] and state_dirs() == []
     assert cni_rules([att.containerid]) == []
     # DEL again, from the record, in this process: nothing left to do
@@ -435,12 +438,12 @@ def test_creator_killed_after_add_gc_runs_del(net):
     # the holder follows its creator; the pin keeps the namespace and the plugins' veth
     assert wait_until(lambda: not os.path.exists(f"/proc/{info['pid']}"), timeout=5)
     assert state_dirs() == [info["id"]]
-    assert len(net.leases()) == 1 and os.path.exists(f"/sys/class/net/{info['veth']}")
+    assert len(net.leases()) == 1 and link_exists(info['veth'])
     assert cni_rules([info["id"]])  # portmap's and ipMasq's rules: in iptables, not the creator's
     removed = nsbox.gc()
     assert any(info["id"] in line and "DEL" in line for line in removed), removed
     assert state_dirs() == [] and net.leases() == []
-    assert not os.path.exists(f"/sys/class/net/{info['veth']}")
+    assert not link_exists(info['veth'])
     assert cni_rules([info["id"]]) == []
     assert not any(info["id"] in line for line in nsbox.gc())  # once
 
@@ -489,7 +492,7 @@ def test_pods_from_threads_then_stop_all(net):
     finally:
         nsbox.stop_all(pods)
     assert net.leases() == [] and state_dirs() == []  # (no settle(): DEL ran before stop_all returned)
-    assert os.listdir(f"/sys/class/net/{net.bridge}/brif") == []
+    assert bridge_ports(net.bridge) == []
 
 
 HANGING_CREATOR = """
@@ -524,4 +527,4 @@ def test_creator_killed_during_add_gc_runs_del(net, recorder, tmp_path):
     assert any(cid in line and "DEL" in line for line in removed), removed
     assert [c["cmd"] for c in calls()][-1] == "DEL" and "prevResult" not in calls()[-1]["conf"]
     assert net.leases() == [] and state_dirs() == []
-    assert os.listdir(f"/sys/class/net/{net.bridge}/brif") == []
+    assert bridge_ports(net.bridge) == []

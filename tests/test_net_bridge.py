@@ -275,3 +275,23 @@ def test_ipam_hands_out_the_lowest_free_address(tmp_path, monkeypatch):
     for a in ("10.228.0.2", "10.228.0.3", "10.228.0.4", "10.228.0.5", "10.228.0.6"):
         ipam.release(ipaddress.ip_address(a), me)
     assert not (tmp_path / "run" / "ipam").exists()
+
+
+def test_a_bridge_made_from_a_thread_in_another_network_namespace():
+    # exists/ports()/remove() ask rtnetlink in the calling thread's namespace;
+    # /sys/class/net shows the one sysfs was mounted in (they used it, and
+    # refused the thread's own bridge as "exists and is not a bridge").
+    from helpers import link_exists
+
+    with nsbox.Pod(kinds=("net",)) as node:
+        with node.joined("net"):
+            br = nsbox.Bridge("nsbtnode0", subnet="10.233.0.0/24")
+            with nsbox.Pod(network=br) as pod:
+                assert br.exists and br.ports() == [pod.host_ifname]
+                again = nsbox.Bridge("nsbtnode0", subnet="10.233.0.0/24")
+                with nsbox.Pod(network=again) as other:  # (the existing bridge is recognised as nsbox's)
+                    assert len(br.ports()) == 2 and other.address != pod.address
+            nsbox.net.settle()
+            br.remove()
+            assert not br.exists and not link_exists("nsbtnode0")
+    assert not link_exists("nsbtnode0")  # (never in the host's namespace)

@@ -1,7 +1,7 @@
 """Review of the CNI and OCI doors (issue 12): regressions for the defects found.
 
-Run only through the isolated runner (/work/isotest.sh): the CNI plugins
-change the network namespace they run in.
+The CNI plugins change the network namespace they run in: every test runs
+with its thread in a private "node" network namespace (conftest.cni_node).
 """
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 
 import nsbox
+from helpers import bridge_ports
 from nsbox.oci import bundle_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "runc_in_pod.py"
+
+pytestmark = pytest.mark.usefixtures("cni_node")
 
 
 def _example():
@@ -172,7 +175,7 @@ def test_older_cni_versions_results_are_read(net, version):
         assert res["cniVersion"] == version
         assert pod.address is not None and pod.address.network == net.subnet
         assert str(pod._net.primary.host_address.ip) == str(net.gateway)
-        assert pod.host_ifname in os.listdir(f"/sys/class/net/{net.bridge}/brif")
+        assert pod.host_ifname in bridge_ports(net.bridge)
         if version == "0.4.0":
             pod.cni_check()
         else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 from typing import Any, Optional
 
 from ..errors import ConfigError, NetworkError
@@ -19,7 +18,7 @@ from . import rtnl, teardown
 from .validate import check_ifname, check_mac, check_mtu
 from .attachment import Attachment, attach
 from .ipam import Ipam, Owner, owner_of
-from .link import index_of, link_index
+from .link import index_of, link_index, link_kind_alias, ports_of
 from .network import NetworkConfig
 from .shaping import Shaping
 
@@ -157,21 +156,19 @@ class Bridge(NetworkConfig):
                 host.run([msg.link_del(self.name)])
                 raise failed
             return index
-        self._check_ours()
+        self._check_ours(host)
         errors = host.run([msg.addr_add(index, self.name, self.gateway), msg.link_set(index, self.name, up=True)])
         for err in errors:
             if err is not None and err.errno != errno.EEXIST:
                 raise err
         return index
 
-    def _check_ours(self) -> None:
-        if not os.path.isdir(f"/sys/class/net/{self.name}/bridge"):
+    def _check_ours(self, host: rtnl.Rtnl) -> None:
+        # (Over rtnetlink, in the calling thread's namespace: /sys/class/net
+        # would show the one sysfs was mounted in.)
+        kind, alias = link_kind_alias(host, self.name) or ("", "")
+        if kind != "bridge":
             raise NetworkError(errno.EEXIST, f"{self.name!r} exists and is not a bridge; pick another name")
-        try:
-            with open(f"/sys/class/net/{self.name}/ifalias") as f:
-                alias = f.read().strip()
-        except OSError:
-            alias = ""
         if alias != self._alias:
             what = f"was made by nsbox for {alias[6:]}" if alias.startswith("nsbox:") else "was not made by nsbox"
             raise NetworkError(
@@ -183,14 +180,18 @@ class Bridge(NetworkConfig):
 
     @property
     def exists(self) -> bool:
-        return os.path.isdir(f"/sys/class/net/{self.name}/bridge")
+        """True if the bridge exists (in the calling thread's network namespace)."""
+        with rtnl.Rtnl() as host:
+            return (link_kind_alias(host, self.name) or ("", ""))[0] == "bridge"
 
     def ports(self) -> list[str]:
         """Host-side interfaces attached to the bridge."""
-        try:
-            return sorted(os.listdir(f"/sys/class/net/{self.name}/brif"))
-        except FileNotFoundError:
-            return []
+        with rtnl.Rtnl() as host:
+            return self._ports(host)
+
+    def _ports(self, host: rtnl.Rtnl) -> list[str]:
+        index = link_index(host, self.name)
+        return [] if index is None else ports_of(host, index)
 
     def leases(self) -> dict:
         """Live address leases: ``{address: (holder pid, start time)}``."""
@@ -208,9 +209,9 @@ class Bridge(NetworkConfig):
             if link_index(host, self.name) is None:
                 self._ipam.destroy()
                 return
-            self._check_ours()
+            self._check_ours(host)
             leases = self._ipam.live_leases()
-            ports = self.ports()
+            ports = self._ports(host)
             if leases or ports:
                 raise NetworkError(
                     errno.EBUSY,

@@ -50,6 +50,48 @@ def link_index(rtnl: Rtnl, name: str) -> Optional[int]:
     return None
 
 
+IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_INFO_KIND = 10, 18, 20, 1
+_NLM_F_DUMP = 0x300
+
+
+def link_kind_alias(rtnl: Rtnl, name: str) -> Optional[tuple[str, str]]:
+    """``(kind, alias)`` of link ``name`` ("bridge", "veth", "" for a plain
+    device) in ``rtnl``'s namespace, or None if there is none.  Over
+    rtnetlink: /sys/class/net shows the namespace sysfs was mounted in, not
+    the calling thread's."""
+    answer = rtnl.ask([msg.get_link(name)])[0]
+    if answer.error is not None:
+        if answer.error.errno == errno.ENODEV:
+            return None
+        raise answer.error
+    for raw in answer.replies:
+        attrs = attributes(raw, HEADER.size + _IFINFOMSG_SIZE)
+        info = attrs.get(IFLA_LINKINFO)
+        kind = attributes(info, 0).get(IFLA_INFO_KIND, b"") if info else b""
+        return _text(kind), _text(attrs.get(IFLA_IFALIAS, b""))
+    return None
+
+
+def ports_of(rtnl: Rtnl, master: int) -> list[str]:
+    """Names of the links whose master is link ``master`` (a bridge's ports)."""
+    req = bytearray(HEADER.pack(HEADER.size + _IFINFOMSG_SIZE + 8, 0, 0, 0, 0)
+                    + struct.pack("=BxHiII", 0, 0, 0, 0, 0) + struct.pack("=HHi", 8, IFLA_MASTER, master))
+    answer = rtnl.ask([msg.Request(req, msg.RTM_GETLINK, msg.NLM_F_REQUEST | _NLM_F_DUMP, "listing the ports of link {}",
+                                   master)])[0]
+    if answer.error is not None:
+        raise answer.error
+    out = []
+    for raw in answer.replies:
+        attrs = attributes(raw, HEADER.size + _IFINFOMSG_SIZE)
+        if attrs.get(IFLA_MASTER) == struct.pack("=i", master):  # (older kernels do not filter the dump)
+            out.append(_text(attrs.get(IFLA_IFNAME, b"")))
+    return sorted(out)
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
 def index_of(rtnl: Rtnl, name: str) -> int:
     """The ifindex of ``name``, which was just made (ENODEV if it vanished)."""
     index = link_index(rtnl, name)
