@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from . import _proc, _syscalls
 from .errors import ConfigError, NsboxError
-from .net.rundir import is_mount_point, prune, run_dir
+from .net.rundir import prune, run_dir, share, unshare
 
 __all__ = ["Record", "check_name", "pod_dir", "names", "pin", "unpin", "RECORD_FORMAT"]
 
@@ -130,29 +130,13 @@ def _share_pods_dir() -> None:
     ``ip netns`` does with /run/netns): pins made in it then appear in the
     mount namespaces that copied it, whatever the propagation of the mount
     it lives on.  (Under the state lock.)"""
-    d = pods_dir()
-    if is_mount_point(d):
-        return
-    _syscalls.bind_mount(str(d), str(d))
-    try:
-        _syscalls.make_shared(str(d))
-    except OSError:
-        _syscalls.umount(str(d))
-        raise
+    share(pods_dir())
 
 
 def unshare_pods_dir() -> None:
     """Once no pod is left in it: unmount the pods directory and remove it
     (nothing of nsbox stays mounted).  (Under the state lock.)"""
-    d = pods_dir()
-    try:
-        if any(d.iterdir()):
-            return
-    except FileNotFoundError:
-        return
-    if is_mount_point(d):
-        _syscalls.umount(str(d))
-    prune(d)
+    unshare(pods_dir())
 
 
 def pin(name: str, pid: int, kinds: tuple[str, ...]) -> dict[str, str]:

@@ -52,7 +52,7 @@ from . import teardown
 from .attachment import Attachment
 from .network import NetworkConfig
 from .ports import parse_ports
-from .rundir import is_mount_point, locked, prune, run_dir
+from .rundir import locked, prune, run_dir, share, unshare
 from .shaping import Shaping
 from .validate import check_ifname
 
@@ -702,15 +702,8 @@ def _share_cni_dir() -> None:
     namespaces that copied it.  (Under the state lock.)"""
     d = _cni_dir()
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if is_mount_point(d):
-        return
     try:
-        _syscalls.bind_mount(str(d), str(d))
-        try:
-            _syscalls.make_shared(str(d))
-        except OSError:
-            _syscalls.umount(str(d))
-            raise
+        share(d)
     except OSError as e:
         raise NetworkError(e.errno or errno.EIO, f"making {d} a shared mount point: {e.strerror}") from None
 
@@ -718,18 +711,7 @@ def _share_cni_dir() -> None:
 def _unshare_cni_dir() -> None:
     """Once no attachment is left: unmount the cni directory and remove it.
     (Under the state lock.)"""
-    d = _cni_dir()
-    try:
-        if any(d.iterdir()):
-            return
-    except FileNotFoundError:
-        return
-    if is_mount_point(d):
-        try:
-            _syscalls.umount(str(d))
-        except OSError:
-            return
-    prune(d)
+    unshare(_cni_dir())
 
 
 def _remove_state_dir(state_dir: str) -> None:

@@ -36,18 +36,24 @@ _RTMSG = struct.Struct("=BBBBBBBBI")
 # ---- finding links ---------------------------------------------------------------
 
 
-def link_index(rtnl: Rtnl, name: str) -> Optional[int]:
-    """The ifindex of ``name`` in ``rtnl``'s namespace, or None."""
+def _get_link(rtnl: Rtnl, name: str) -> Optional[bytes]:
+    """The RTM_NEWLINK answer about ``name`` in ``rtnl``'s namespace, or None."""
     answer = rtnl.ask([msg.get_link(name)])[0]
     if answer.error is not None:
         if answer.error.errno == errno.ENODEV:
             return None
         raise answer.error
-    for raw in answer.replies:
-        # struct ifinfomsg: family(1) pad(1) type(2) index(4) ...
-        (index,) = struct.unpack_from("=i", raw, HEADER.size + 4)
-        return index
-    return None
+    return answer.replies[0] if answer.replies else None
+
+
+def link_index(rtnl: Rtnl, name: str) -> Optional[int]:
+    """The ifindex of ``name`` in ``rtnl``'s namespace, or None."""
+    raw = _get_link(rtnl, name)
+    if raw is None:
+        return None
+    # struct ifinfomsg: family(1) pad(1) type(2) index(4) ...
+    (index,) = struct.unpack_from("=i", raw, HEADER.size + 4)
+    return int(index)
 
 
 IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_INFO_KIND = 10, 18, 20, 1
@@ -59,17 +65,13 @@ def link_kind_alias(rtnl: Rtnl, name: str) -> Optional[tuple[str, str]]:
     device) in ``rtnl``'s namespace, or None if there is none.  Over
     rtnetlink: /sys/class/net shows the namespace sysfs was mounted in, not
     the calling thread's."""
-    answer = rtnl.ask([msg.get_link(name)])[0]
-    if answer.error is not None:
-        if answer.error.errno == errno.ENODEV:
-            return None
-        raise answer.error
-    for raw in answer.replies:
-        attrs = attributes(raw, HEADER.size + _IFINFOMSG_SIZE)
-        info = attrs.get(IFLA_LINKINFO)
-        kind = attributes(info, 0).get(IFLA_INFO_KIND, b"") if info else b""
-        return _text(kind), _text(attrs.get(IFLA_IFALIAS, b""))
-    return None
+    raw = _get_link(rtnl, name)
+    if raw is None:
+        return None
+    attrs = attributes(raw, HEADER.size + _IFINFOMSG_SIZE)
+    info = attrs.get(IFLA_LINKINFO)
+    kind = attributes(info, 0).get(IFLA_INFO_KIND, b"") if info else b""
+    return _text(kind), _text(attrs.get(IFLA_IFALIAS, b""))
 
 
 def ports_of(rtnl: Rtnl, master: int) -> list[str]:

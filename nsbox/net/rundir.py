@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import NetworkError
 
-__all__ = ["run_dir", "locked", "prune", "is_mount_point"]
+__all__ = ["run_dir", "locked", "prune", "is_mount_point", "share", "unshare"]
 
 
 def run_dir() -> Path:
@@ -63,3 +63,39 @@ def is_mount_point(path: Path) -> bool:
 
 def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def share(path: Path) -> None:
+    """Make ``path`` a shared mount point of its own, once (as ``ip netns``
+    does with /run/netns): pins made below it then appear in the mount
+    namespaces that copied it, whatever the propagation of the mount it
+    lives on.  OSError if it cannot; nothing is left mounted then.  (Under
+    the state lock.)"""
+    from .. import _syscalls
+
+    if is_mount_point(path):
+        return
+    _syscalls.bind_mount(str(path), str(path))
+    try:
+        _syscalls.make_shared(str(path))
+    except OSError:
+        _syscalls.umount(str(path))
+        raise
+
+
+def unshare(path: Path) -> None:
+    """Once nothing is left in ``path``: unmount what :func:`share` made and
+    remove it (nothing of nsbox stays mounted).  (Under the state lock.)"""
+    from .. import _syscalls
+
+    try:
+        if any(path.iterdir()):
+            return
+    except FileNotFoundError:
+        return
+    if is_mount_point(path):
+        try:
+            _syscalls.umount(str(path))
+        except OSError:
+            return
+    prune(path)
