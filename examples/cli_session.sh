@@ -3,9 +3,10 @@
 # command in it, the listing, its JSON, a one-off pod, and removing it all.
 #   bash examples/cli_session.sh
 set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"   # (before the cd below: $0 may be relative)
 cd /  # (so that `python -m nsbox` never picks up a source tree)
 if ! command -v nsbox >/dev/null; then
-    PATH="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin:$PATH"   # the checkout's virtualenv
+    PATH="$here/.venv/bin:$PATH"   # the checkout's virtualenv
 fi
 name=cli-demo
 trap 'nsbox rm --force "$name" >/dev/null' EXIT   # whatever happens below

@@ -680,6 +680,17 @@ def test_example_cli_session_runs():
     assert "cli-demo" in r.stdout
 
 
+def test_example_cli_session_runs_as_the_readme_says():
+    # From the checkout, by a relative path, without the venv on PATH.
+    checkout = EXAMPLE.parent.parent
+    if not (checkout / ".venv" / "bin" / "nsbox").exists():
+        pytest.skip("no .venv in the checkout (make install makes it)")
+    env = dict(os.environ, PATH="/usr/sbin:/usr/bin:/sbin:/bin")
+    r = subprocess.run(["bash", "examples/cli_session.sh"], capture_output=True, text=True, timeout=120,
+                       cwd=checkout, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 
 def test_a_reader_that_goes_away_is_not_an_error():
     # `nsbox ls --json | head`, with head gone before nsbox writes: no
