@@ -15,5 +15,12 @@ def test_benchmarks_run_quick(tmp_path):
     data = json.loads(result.read_text())
     assert set(data["pods"]) == {"shell", "shell-in-place", "ip-batch", "pyroute2", "floor", "nsbox"}
     assert {"unshare", "nsbox"} <= set(data["holder"])
-    assert data["scale"]["nsbox"]["pods"] == data["scale"]["floor"]["pods"] == data["scale"]["nsbox bridge"]["pods"] == 20
+    scale = data["scale"]
+    assert set(scale) == {"nsbox", "floor", "nsbox bridge", "floor bridge"}
+    assert {row["pods"] for row in scale.values()} == {20} and {row["block"] for row in scale.values()} == {4}
+    assert all(len(run["block_ms_per_pod"]) == 5 for runs in data["scale_runs"].values() for run in runs)
+    assert set(data["scale_run"]) == {"host subprocess.run", "nsbox pod.run"}
+    assert data["scale_memory"]["nsbox"]["holder_pss_kb"] > 0
+    # the quick probe stops at 3 pods, far below the kernel's port limit
+    assert {r["alive"] for r in data["bridge_limit"].values()} == {3}
     assert data["pss_kb"]["nsbox-init"] > 0 and "pause (static, built here)" in data["pss_kb"]
