@@ -262,6 +262,23 @@ def _nl_socket(fd=None):
 
 _floor_sock = None
 F_REQ_ACK, F_CREATE_EXCL = 0x1 | 0x4, 0x400 | 0x200
+_floor_index = 0x40000000 + int.from_bytes(os.urandom(3), "big") * 16
+
+
+def floor_index() -> int:
+    """The ifindex of the next host end (chosen: no lookup).  Counted, not
+    random: 10,000 random picks from 2**24 collide (EEXIST) almost surely."""
+    global _floor_index
+    _floor_index += 1
+    return _floor_index
+
+
+def no_ipv6_ll(index: int, seq: int) -> bytes:
+    """addrgenmode none, in a request of its own before the one that sets the
+    link up, as nsbox does for IPv4-only links (see docs/performance.md: a
+    link-local address means DAD, MLD reports, a route per link)."""
+    spec = _attr(26, _attr(10, _attr(8, b"\1")))
+    return _msg(16, F_REQ_ACK, seq, _IFINFO.pack(0, 0, index, 0, 0) + spec)
 
 
 def plan_floor(sub: Subnets):
@@ -278,15 +295,17 @@ def floor_pod(sub: Subnets):
     host, pod = sub.next()
     p = nsbox.Pod().start()  # C clone + exec of the holder, lo up
     name = host_name().encode()
-    host_index = 0x40000000 + int.from_bytes(os.urandom(3), "big")  # chosen: no lookup
+    host_index = floor_index()
     nsfd = os.open(f"/proc/{p.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         peer = _IFINFO.pack(0, 0, 2, 0, 0) + _attr(3, b"eth0\0") + _attr(28, struct.pack("=I", nsfd))
         linkinfo = _attr(18, _attr(1, b"veth\0") + _attr(2, _attr(1, peer)))
-        veth = _IFINFO.pack(0, 0, host_index, 1, 1) + _attr(3, name + b"\0") + linkinfo
+        veth = _IFINFO.pack(0, 0, host_index, 0, 0) + _attr(3, name + b"\0") + linkinfo
         haddr = host.ip.packed
         addr = _IFADDR.pack(2, 30, 0, 0, host_index) + _attr(2, haddr) + _attr(1, haddr)
-        _nl_run(_floor_sock, [_msg(16, F_REQ_ACK | F_CREATE_EXCL, 1, veth), _msg(20, F_REQ_ACK | F_CREATE_EXCL, 2, addr)])
+        _nl_run(_floor_sock, [_msg(16, F_REQ_ACK | F_CREATE_EXCL, 1, veth), no_ipv6_ll(host_index, 2),
+                              _msg(16, F_REQ_ACK, 3, _IFINFO.pack(0, 0, host_index, 1, 1)),
+                              _msg(20, F_REQ_ACK | F_CREATE_EXCL, 4, addr)])
         inner = _nl_socket(_syscalls.socket_in_netns(nsfd, socket.AF_NETLINK, socket.SOCK_RAW, 0))
     finally:
         os.close(nsfd)
@@ -295,7 +314,7 @@ def floor_pod(sub: Subnets):
         a = _IFADDR.pack(2, 30, 0, 0, 2) + _attr(2, paddr) + _attr(1, paddr)
         up = _IFINFO.pack(0, 0, 2, 1, 1)
         rt = _RTMSG.pack(2, 0, 0, 0, 254, 3, 0, 1, 0) + _attr(5, host.ip.packed)
-        _nl_run(inner, [_msg(20, F_REQ_ACK | F_CREATE_EXCL, 3, a), _msg(16, F_REQ_ACK, 4, up),
+        _nl_run(inner, [no_ipv6_ll(2, 2), _msg(16, F_REQ_ACK, 3, up), _msg(20, F_REQ_ACK | F_CREATE_EXCL, 4, a),
                         _msg(24, F_REQ_ACK | F_CREATE_EXCL, 5, rt)])
     return p, name.decode()
 
@@ -568,7 +587,7 @@ class FloorBridge:
         self.name, self.net = name, ipaddress.ip_network(subnet)
         self.gateway = self.net.network_address + 1
         self.i = 2
-        self.index = 0x50000000 + int.from_bytes(os.urandom(3), "big")
+        self.index = floor_index()
         br = (_IFINFO.pack(0, 0, self.index, 1, 1) + _attr(3, name.encode() + b"\0")
               + _attr(18, _attr(1, b"bridge\0")))
         g = self.gateway.packed
@@ -582,15 +601,16 @@ class FloorBridge:
         self.i += 1
         p = nsbox.Pod().start()
         name = host_name().encode()
-        host_index = 0x40000000 + int.from_bytes(os.urandom(3), "big")
+        host_index = floor_index()
         nsfd = os.open(f"/proc/{p.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             peer = _IFINFO.pack(0, 0, 2, 0, 0) + _attr(3, b"eth0\0") + _attr(28, struct.pack("=I", nsfd))
             linkinfo = _attr(18, _attr(1, b"veth\0") + _attr(2, _attr(1, peer)))
-            veth = (_IFINFO.pack(0, 0, host_index, 1, 1) + _attr(3, name + b"\0")
+            veth = (_IFINFO.pack(0, 0, host_index, 0, 0) + _attr(3, name + b"\0")
                     + _attr(10, struct.pack("=I", self.index)) + linkinfo)
             try:
-                _nl_run(_floor_sock, [_msg(16, F_REQ_ACK | F_CREATE_EXCL, 1, veth)])
+                _nl_run(_floor_sock, [_msg(16, F_REQ_ACK | F_CREATE_EXCL, 1, veth), no_ipv6_ll(host_index, 2),
+                                      _msg(16, F_REQ_ACK, 3, _IFINFO.pack(0, 0, host_index, 1, 1))])
             except BaseException:
                 p.stop()
                 raise
@@ -601,7 +621,7 @@ class FloorBridge:
             a = _IFADDR.pack(2, self.net.prefixlen, 0, 0, 2) + _attr(2, addr.packed) + _attr(1, addr.packed)
             up = _IFINFO.pack(0, 0, 2, 1, 1)
             rt = _RTMSG.pack(2, 0, 0, 0, 254, 3, 0, 1, 0) + _attr(5, self.gateway.packed)
-            _nl_run(inner, [_msg(20, F_REQ_ACK | F_CREATE_EXCL, 3, a), _msg(16, F_REQ_ACK, 4, up),
+            _nl_run(inner, [no_ipv6_ll(2, 2), _msg(16, F_REQ_ACK, 3, up), _msg(20, F_REQ_ACK | F_CREATE_EXCL, 4, a),
                             _msg(24, F_REQ_ACK | F_CREATE_EXCL, 5, rt)])
         return p
 
