@@ -712,7 +712,7 @@ def bench_scale(n: int, sub: Subnets, bridge_net: str, *, block: int = 0, repeat
                 print(f"   {name}: {n} pods in {r['create_s']} s, growth {r['growth']}, stop {r['stop_s']} s",
                       flush=True)
     out = {"plans": {name: scale_row(rs) for name, rs in runs.items()}, "runs": runs}
-    out["memory"] = {name: {k: statistics.median(r[k] for r in rs) for k in
+    out["memory"] = {name: {k: round(statistics.median(r[k] for r in rs), 2) for k in
                             ("holder_pss_kb", "creator_pss_kb_per_pod", "meminfo_kb_per_pod")}
                      for name, rs in runs.items()}
     out["run"] = extra.get("run", {})
