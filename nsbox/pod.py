@@ -209,7 +209,9 @@ class Pod:
         self._error: Optional[str] = None
         self._restarting = False  # restart(): storage survives the stop
         # Volumes, /etc files, sysctls: made at the first start, kept across restarts.
-        self._fs = PodFS(spec, storage_key(name, self._persist is not None)) if needs_fs(spec) else None
+        # (A pod of this process gets its key at its first start: see _make_sandbox.)
+        self._fs = (PodFS(spec, storage_key(name, True) if self._persist is not None else None)
+                    if needs_fs(spec) else None)
         self._new_sandbox()
 
     def _new_sandbox(self) -> None:

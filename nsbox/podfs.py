@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from . import _proc, _syscalls
-from .errors import ConfigError, PodStartError, namespace_error
+from .errors import ConfigError, NotRunningError, PodStartError, namespace_error
 from .mounts import Mounter, MountOp
 from .net.rundir import prune, run_dir
 from .volumes import EmptyDir, HostPath
@@ -79,13 +79,20 @@ def _bridges(spec: "PodSpec") -> list[str]:
 
 
 class PodFS:
-    def __init__(self, spec: "PodSpec", key: str):
+    def __init__(self, spec: "PodSpec", key: Optional[str]):
         self.spec = spec
-        self.dir = fs_dir() / key
+        self._key = key  # None until the first start (see rekey)
         self._created: list[Path] = []  # host paths made for HostPath(create=True) by this start
         self._names: list[tuple[str, str, tuple[int, int]]] = []  # (bridge, address, owner) registered
 
     # ---- the host side ---------------------------------------------------------------
+
+    @property
+    def dir(self) -> Path:
+        """The pod's storage directory (once it has a key)."""
+        if self._key is None:
+            raise NotRunningError(errno.ESRCH, "the pod was never started: its volumes do not exist yet")
+        return fs_dir() / self._key
 
     @property
     def has_storage(self) -> bool:
@@ -163,7 +170,7 @@ class PodFS:
         """Storage under ``fs/key`` (before the first :meth:`prepare`): a
         pod's storage belongs to the process that starts it, not to the one
         that made the Pod object (gc removes it when that one is gone)."""
-        self.dir = fs_dir() / key
+        self._key = key
 
     def committed(self) -> None:
         """The start succeeded: host paths it made are the host's now (as
@@ -182,7 +189,8 @@ class PodFS:
     def remove(self) -> None:
         """Remove the pod's storage (EmptyDirs with their contents, files); idempotent."""
         self.undo_prepare()
-        remove_storage(self.dir)
+        if self._key is not None:
+            remove_storage(self.dir)
 
     # ---- inside the pod --------------------------------------------------------------
 

@@ -307,15 +307,16 @@ def _reclaim(host: Any, subnet: ipaddress.IPv4Network) -> bool:
     from nsbox.errors import NetworkError
     from nsbox.net import messages as msg
 
-    from nsbox.net.link import link_index
+    from nsbox.net.link import link_info
 
     name = bridge_name(subnet)
-    if link_index(host, name) is None:  # (rtnetlink: the calling thread's namespace, unlike /sys/class/net)
+    info = link_info(host, name)  # (rtnetlink: the calling thread's namespace, unlike /sys/class/net)
+    if info is None:
         _bridge_state(name, subnet).destroy()
         return True
     bridge = nsbox.Bridge(name, subnet=subnet)
     try:
-        bridge._check_ours(host)
+        bridge._check_ours(info)
     except NetworkError:
         return False  # someone else's link with that name: leave it, skip the block
     if bridge.ports() or bridge._ipam.live_leases():

@@ -137,7 +137,7 @@ class PodSpec:
                 raise ConfigError(f"ports must be (protocol, host port, pod port) triples, not {ports!r}") from None
             ports = tuple(parse_ports(as_mapping))
             networks[0].check_publishable()
-        volumes = check_volumes(_mapping("volumes", self.volumes), kinds)
+        volumes = check_volumes(_mapping("volumes", self.volumes), kinds) if self.volumes else ()
         hosts = check_hosts(_mapping("hosts", self.hosts)) if self.hosts else ()
         if self.dns is not None and not isinstance(self.dns, DNS):
             raise ConfigError(f"dns must be an nsbox.DNS, not {self.dns!r}")

@@ -198,3 +198,12 @@ def test_gc_removes_the_volumes_of_a_killed_creator():
     removed = nsbox.gc()
     assert any("storage" in line for line in removed), removed
     assert not os.path.exists(host)
+
+
+def test_an_empty_dir_has_no_host_path_before_the_first_start():
+    pod = nsbox.Pod(kinds=KINDS, volumes={"/d": nsbox.EmptyDir(), "/h": nsbox.HostPath("/srv")})
+    with pytest.raises(nsbox.NotRunningError, match="never started"):
+        pod.volume_path("/d")
+    assert str(pod.volume_path("/h")) == "/srv"  # (a host path is known at once)
+    with pod:
+        assert pod.volume_path("/d").is_dir()

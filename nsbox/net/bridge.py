@@ -18,7 +18,7 @@ from . import rtnl, teardown
 from .validate import check_ifname, check_mac, check_mtu
 from .attachment import Attachment, attach
 from .ipam import Ipam, Owner, owner_of
-from .link import index_of, link_index, link_kind_alias, ports_of
+from .link import index_of, link_index, link_info, ports_of
 from .network import NetworkConfig
 from .shaping import Shaping
 
@@ -145,8 +145,8 @@ class Bridge(NetworkConfig):
         A bridge nsbox creates carries the alias ``nsbox:<subnet>``; any other
         link of that name (another bridge, a bridge for another subnet) is
         refused, never adopted."""
-        index = link_index(host, self.name)
-        if index is None:
+        info = link_info(host, self.name)
+        if info is None:
             host.check([msg.bridge(self.name)])
             index = index_of(host, self.name)
             errors = host.run([msg.addr_add(index, self.name, self.gateway),
@@ -156,17 +156,17 @@ class Bridge(NetworkConfig):
                 host.run([msg.link_del(self.name)])
                 raise failed
             return index
-        self._check_ours(host)
+        index = self._check_ours(info)
         errors = host.run([msg.addr_add(index, self.name, self.gateway), msg.link_set(index, self.name, up=True)])
         for err in errors:
             if err is not None and err.errno != errno.EEXIST:
                 raise err
         return index
 
-    def _check_ours(self, host: rtnl.Rtnl) -> None:
-        # (Over rtnetlink, in the calling thread's namespace: /sys/class/net
-        # would show the one sysfs was mounted in.)
-        kind, alias = link_kind_alias(host, self.name) or ("", "")
+    def _check_ours(self, info: tuple[int, str, str]) -> int:
+        """The ifindex of the existing link ``info`` (from ``link_info``),
+        if it is the bridge nsbox made for this subnet; else NetworkError."""
+        index, kind, alias = info
         if kind != "bridge":
             raise NetworkError(errno.EEXIST, f"{self.name!r} exists and is not a bridge; pick another name")
         if alias != self._alias:
@@ -175,6 +175,7 @@ class Bridge(NetworkConfig):
                 errno.EEXIST,
                 f"bridge {self.name!r} {what}; nsbox neither adopts nor removes it: pick another name",
             )
+        return index
 
     # ---- the bridge itself -------------------------------------------------
 
@@ -182,7 +183,8 @@ class Bridge(NetworkConfig):
     def exists(self) -> bool:
         """True if the bridge exists (in the calling thread's network namespace)."""
         with rtnl.Rtnl() as host:
-            return (link_kind_alias(host, self.name) or ("", ""))[0] == "bridge"
+            info = link_info(host, self.name)
+        return info is not None and info[1] == "bridge"
 
     def ports(self) -> list[str]:
         """Host-side interfaces attached to the bridge."""
@@ -206,12 +208,12 @@ class Bridge(NetworkConfig):
         if teardown.pending():
             teardown.settle()
         with rtnl.Rtnl() as host, self._ipam.locked():
-            if link_index(host, self.name) is None:
+            info = link_info(host, self.name)
+            if info is None:
                 self._ipam.destroy()
                 return
-            self._check_ours(host)
             leases = self._ipam.live_leases()
-            ports = self._ports(host)
+            ports = ports_of(host, self._check_ours(info))
             if leases or ports:
                 raise NetworkError(
                     errno.EBUSY,

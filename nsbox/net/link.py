@@ -60,18 +60,19 @@ IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_INFO_KIND = 10, 18, 20, 1
 _NLM_F_DUMP = 0x300
 
 
-def link_kind_alias(rtnl: Rtnl, name: str) -> Optional[tuple[str, str]]:
-    """``(kind, alias)`` of link ``name`` ("bridge", "veth", "" for a plain
-    device) in ``rtnl``'s namespace, or None if there is none.  Over
-    rtnetlink: /sys/class/net shows the namespace sysfs was mounted in, not
-    the calling thread's."""
+def link_info(rtnl: Rtnl, name: str) -> Optional[tuple[int, str, str]]:
+    """``(ifindex, kind, alias)`` of link ``name`` (kind: "bridge", "veth",
+    "" for a plain device) in ``rtnl``'s namespace, or None if there is
+    none: one round trip.  Over rtnetlink: /sys/class/net shows the
+    namespace sysfs was mounted in, not the calling thread's."""
     raw = _get_link(rtnl, name)
     if raw is None:
         return None
+    (index,) = struct.unpack_from("=i", raw, HEADER.size + 4)
     attrs = attributes(raw, HEADER.size + _IFINFOMSG_SIZE)
     info = attrs.get(IFLA_LINKINFO)
     kind = attributes(info, 0).get(IFLA_INFO_KIND, b"") if info else b""
-    return _text(kind), _text(attrs.get(IFLA_IFALIAS, b""))
+    return int(index), _text(kind), _text(attrs.get(IFLA_IFALIAS, b""))
 
 
 def ports_of(rtnl: Rtnl, master: int) -> list[str]:
