@@ -19,7 +19,7 @@ from .errors import UnsupportedError
 __all__ = [
     "KERNEL_FLOOR", "require_kernel",
     "CLONE_NEW", "CLONE_FS", "Stage",
-    "pidfd_open", "pidfd_send_signal", "setns", "unshare", "socket_in_netns", "park", "close_parked",
+    "pidfd_open", "pidfd_getfd", "pidfd_send_signal", "setns", "unshare", "socket_in_netns", "park", "close_parked",
     "signal_quietly", "fd_readable", "pid_is_alive", "wait_any", "bind_mount", "make_shared", "umount",
 ]
 
@@ -108,6 +108,15 @@ def _raise(path: object = None) -> None:
 def pidfd_open(pid: int) -> int:
     """A close-on-exec pidfd for ``pid``; ProcessLookupError if it does not exist."""
     fd = lib.nsbox_pidfd_open(pid, 0)
+    if fd < 0:
+        _raise()
+    return fd
+
+
+def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+    """A close-on-exec copy of fd ``targetfd`` of the process ``pidfd``
+    names (Linux >= 5.6; ptrace access to it is needed)."""
+    fd = lib.nsbox_pidfd_getfd(pidfd, targetfd)
     if fd < 0:
         _raise()
     return fd

@@ -49,23 +49,6 @@ def _forget_creator() -> None:
 
 os.register_at_fork(after_in_child=_forget_creator)
 
-# Held while a lifeline's write end is open in this process, and by os.fork()
-# (its before-fork hook): a process forked then would keep a copy of it, and
-# the holder's death would not close the pipe.  (subprocess's vfork+exec
-# children close it at exec: it is close-on-exec.)
-_no_fork = threading.Lock()
-
-
-def _no_fork_in_child() -> None:
-    global _no_fork
-    _no_fork = threading.Lock()
-
-
-# (Looked up at each fork: the child gets a fresh lock, the held copy is dropped.)
-os.register_at_fork(before=lambda: _no_fork.acquire(), after_in_parent=lambda: _no_fork.release(),
-                    after_in_child=_no_fork_in_child)
-
-
 def creator_pidfd() -> int:
     """A pidfd on this process, opened once and shared by all its holders."""
     global _creator
@@ -85,14 +68,18 @@ class Holder:
     (:func:`nsbox.errors.failure_error`), with nothing left behind.
     """
 
-    def __init__(self, pending: _clone.PendingSpawn, kinds: tuple[str, ...], lifeline: int = -1):
+    def __init__(self, pending: _clone.PendingSpawn, kinds: tuple[str, ...]):
         self._pending: Optional[_clone.PendingSpawn] = pending
         self.kinds = kinds
         self.pid: int = pending.pid
         self.pidfd = -1  # parked, once exec'd
-        # The read end of a pipe whose only write end the holder holds: it
-        # reports EOF as soon as the holder starts to exit (see init.c -l).
-        self.lifeline = lifeline
+        self.ours = True  # our child, started with a lifeline (not adopted)
+        # Our copy of the read end of the holder's lifeline, a pipe whose only
+        # write end the holder holds: it reports EOF as soon as the holder
+        # starts to exit (see init.c -l).  Taken only when needed
+        # (:meth:`take_lifeline`): most pods never need it, and a process
+        # with 10,000 pods would otherwise hold 20,000 fds.
+        self.lifeline = -1
         self.returncode: Optional[int] = None
 
     @classmethod
@@ -114,6 +101,7 @@ class Holder:
         holder.kinds = kinds
         holder.pid = pid
         holder.pidfd = _syscalls.park(pidfd)
+        holder.ours = False
         holder.lifeline = -1
         holder.returncode = None
         return holder
@@ -122,24 +110,26 @@ class Holder:
     def begin(cls, kinds: tuple[str, ...], **options: Any) -> "Holder":
         """Clone the holder in new ``kinds`` namespaces (``options``: those of
         :func:`begin_holder`) and return at once."""
-        with _no_fork:  # a fork meanwhile would keep a copy of the write end
-            rd, wr = os.pipe2(os.O_CLOEXEC)
+        try:
+            pending = begin_holder(kinds, lifeline=True, **options)
+        except _clone.SpawnFailed as f:
+            raise failure_error(Failure("start", f.stage.name, f.errno, kinds=kinds)) from None
+        return cls(pending, kinds)
+
+    def take_lifeline(self) -> int:
+        """Our copy of the holder's lifeline (taken from the holder the first
+        time: ``pidfd_getfd``), or -1 if there is none (an adopted holder;
+        one that is exiting; no ptrace access to it)."""
+        if self.lifeline < 0 and self.ours and self.pidfd >= 0 and self.returncode is None:
             try:
-                pending = begin_holder(kinds, lifeline=wr, **options)
-            except _clone.SpawnFailed as f:
-                os.close(rd)
-                raise failure_error(Failure("start", f.stage.name, f.errno, kinds=kinds)) from None
-            except BaseException:
-                os.close(rd)
-                raise
-            finally:
-                os.close(wr)  # (the holder has its own copy by now)
-        return cls(pending, kinds, _syscalls.park(rd))
+                self.lifeline = _syscalls.park(_syscalls.pidfd_getfd(self.pidfd, _LIFELINE_FD + 1))
+            except OSError:  # exiting (ESRCH, EBADF) or not allowed (EPERM): the pidfd still says when it is gone
+                pass
+        return self.lifeline
 
     def exiting(self) -> bool:
         """True once the holder has started to exit (or has exited): its
-        lifeline reports EOF (unless a copy of the write end was forked
-        away: then once it has exited)."""
+        lifeline reports EOF (without one taken: once it has exited)."""
         if self.lifeline >= 0 and _syscalls.fd_readable(self.lifeline):
             return True
         return not self.alive
@@ -255,15 +245,16 @@ def begin_holder(
     uid_map: Optional[str] = None,
     gid_map: Optional[str] = None,
     verbose: bool = False,
-    lifeline: int = -1,
+    lifeline: bool = False,
     tied: bool = True,
 ) -> _clone.PendingSpawn:
     """Clone the holder in new ``kinds`` namespaces and return at once: its
     namespaces exist (a netns can be wired) while it sets itself up and
     execs; ``finish()`` the result to wait for that.
 
-    ``lifeline``: an fd the holder keeps open until it exits (installed as
-    its fd 4), or -1.  The holder exits when this process does, until
+    ``lifeline``: give the holder a lifeline, a pipe of its own made before
+    exec (write end: its fd 4, read end: fd 5, for
+    :meth:`Holder.take_lifeline`).  The holder exits when this process does, until
     :meth:`Holder.outlive_creator`; ``tied=False`` (a pod that will) only
     keeps it off this process's stderr.
 
@@ -271,14 +262,14 @@ def begin_holder(
     """
     _syscalls.require_kernel()
     creator = creator_pidfd()
-    key = (INIT_PATH, kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline >= 0, tied)
+    key = (INIT_PATH, kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline, tied)
     prepared = _prepared.get(key)
     if prepared is None:
-        prepared = _prepare(kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline >= 0, tied)
+        prepared = _prepare(kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline, tied)
         if len(_prepared) >= 64:
             _prepared.clear()
         _prepared[key] = prepared
-    return _clone.PendingSpawn(prepared, second_extra_fd=lifeline)
+    return _clone.PendingSpawn(prepared)
 
 
 # Holder requests in native form, by shape: pods of one shape reuse one.
@@ -316,8 +307,8 @@ def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, 
             # stdin, stdout: /dev/null; stderr: the creator's (for -w) -- not for a
             # holder that outlives it: whoever reads that pipe would wait forever
             null_stdio=0b011 if tied or verbose else 0b111,
-            # (the lifeline's source is set per spawn: PendingSpawn's second_extra_fd)
-            extra_fds=[(creator, _CREATOR_FD)] + ([(-1, _LIFELINE_FD)] if lifeline else []),
+            extra_fds=[(creator, _CREATOR_FD)],
+            lifeline_fd=_LIFELINE_FD if lifeline else -1,
             keep_signals_blocked=True,  # nothing is lost before its signalfd exists
         )
     )

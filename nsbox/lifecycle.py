@@ -24,7 +24,7 @@ from . import _syscalls
 if TYPE_CHECKING:
     from .pod import Pod
 
-__all__ = ["PodStatus", "watch", "unwatch", "DoneCallbacks", "Backoff"]
+__all__ = ["PodStatus", "watch", "watch_also", "unwatch", "DoneCallbacks", "Backoff"]
 
 log = logging.getLogger("nsbox")
 
@@ -94,6 +94,15 @@ class _Watcher:
                     del self._pods[fd]
                 raise
             self._fds[id(pod)] = fds
+
+    def watch_also(self, pod: Pod, fd: int) -> None:
+        with self._lock:
+            fds = self._fds.get(id(pod))
+            if not fds or self._epoll is None:
+                return  # not watched (stopped meanwhile): nothing to add to
+            self._epoll.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
+            self._pods[fd] = self._pods[fds[0]]
+            fds.append(fd)
 
     def unwatch(self, pod: Pod) -> None:
         # Bounded: at interpreter exit a daemon watcher thread can be frozen
@@ -171,6 +180,12 @@ def watch(pod: Pod, fds: list[int]) -> None:
     (the holder's pidfd, its lifeline) polls readable.  ``fds`` stay the
     pod's: :func:`unwatch` before closing them."""
     _watcher.watch(pod, fds)
+
+
+def watch_also(pod: Pod, fd: int) -> None:
+    """Add ``fd`` to the fds watched for ``pod`` (its lifeline, taken when
+    it was first needed); nothing if the pod is not watched."""
+    _watcher.watch_also(pod, fd)
 
 
 def unwatch(pod: Pod) -> None:

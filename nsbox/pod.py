@@ -339,7 +339,7 @@ class Pod:
             self._rollback()
             raise
         self._started_at = time.time()
-        lifecycle.watch(self, [holder.pidfd, holder.lifeline])
+        lifecycle.watch(self, [holder.pidfd])
 
     def restart(self, timeout: float = 10.0) -> "Pod":
         """A new sandbox from the same spec, as the kubelet makes after
@@ -468,7 +468,7 @@ class Pod:
         it is our unreaped child: when asked, or at the latest before it is
         reaped (not at start: it would cost every pod a /proc read).  (Lock held.)"""
         holder = self._holder
-        if self._start_time is None and holder is not None and holder.returncode is None and holder.lifeline >= 0:
+        if self._start_time is None and holder is not None and holder.returncode is None and holder.ours:
             st = _proc.stat(holder.pid)
             self._start_time = st.start_time if st is not None else None
 
@@ -819,7 +819,9 @@ class Pod:
         See :func:`nsbox.joined` for the per-thread rules.
         """
         join = self._join_kinds(kinds or None, for_thread=True)
-        self._require_running()
+        with self._lock:
+            self._require_running()
+            self._need_lifeline(join)
         with _joined(self, join):
             yield self
 
@@ -839,6 +841,7 @@ class Pod:
             self._require_running()
             assert self._holder is not None and self._members is not None
             self._members.reap()
+            self._need_lifeline(join)
             proc = PodProcess(args, _join_pidfd=self._holder.pidfd, _join_flags=flags_of(join), _desc=repr(self),
                               _joins_user="user" in join, **popen_kwargs)
             self._members.add(proc)
@@ -849,6 +852,18 @@ class Pod:
         (same keywords: ``input``, ``capture_output``, ``timeout``, ``check``,
         and those of :meth:`spawn`)."""
         return run_process(lambda **popen_kwargs: self.spawn(args, kinds=kinds, **popen_kwargs), **kwargs)
+
+    def _need_lifeline(self, join: tuple[str, ...]) -> None:
+        """Children of ours are about to join the pod's PID namespace: if the
+        holder dies, the kernel keeps it from exiting until we reap them, so
+        its pidfd would not say it died.  Have the watcher also watch its
+        lifeline, which does (taken from the holder at the first need).
+        (Lock held.)"""
+        holder = self._holder
+        if "pid" in join and holder is not None and holder.lifeline < 0 and holder.ours:
+            fd = holder.take_lifeline()
+            if fd >= 0:
+                lifecycle.watch_also(self, fd)
 
     def _join_kinds(self, kinds: Optional[KindsArg], for_thread: bool = False) -> tuple[str, ...]:
         if kinds is None:

@@ -2,6 +2,7 @@
 done callbacks, status, restart (by hand and by itself)."""
 import os
 import signal
+import subprocess
 import threading
 import time
 
@@ -196,3 +197,55 @@ def test_a_thousand_cycles_with_injected_failures_leak_nothing(monkeypatch):
     with open("/proc/self/mountinfo") as f:
         assert f.read() == mounts
     assert nsbox.pods() == []
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_pod_without_members_keeps_one_fd_and_takes_its_lifeline_at_the_first_member():
+    # Issue 13: 10,000 pods in one process must fit a 20,000 fd limit.  The
+    # lifeline (a pipe only the holder writes to) is made by the holder's
+    # native child before exec; we take a copy of its read end only when
+    # children of ours join the pod's PID namespace.
+    pods = [nsbox.Pod().start() for _ in range(2)]
+    try:
+        before = _fds()
+        more = [nsbox.Pod().start() for _ in range(20)]
+        assert _fds() - before <= 20  # one pidfd each (and a shared fd or two)
+        pods += more
+        holder = pods[0].pid
+        w, r = (os.readlink(f"/proc/{holder}/fd/{fd}") for fd in (4, 5))
+        assert w == r and w.startswith("pipe:")  # both ends of one pipe, in the holder only
+        before = _fds()
+        assert pods[0].run(["true"]).returncode == 0
+        assert _fds() == before + 1  # its lifeline, once
+        assert pods[0].run(["true"], kinds=("net",)).returncode == 0 and _fds() == before + 1
+        assert pods[1].run(["true"], kinds=("net", "uts")).returncode == 0
+        assert _fds() == before + 1  # not in its PID namespace: no lifeline needed
+    finally:
+        nsbox.stop_all(pods)
+
+
+def test_a_stray_child_in_a_pod_killed_from_outside_is_noticed_at_once():
+    # A plain subprocess started inside pod.joined("pid") is our child: once
+    # the holder is killed, the kernel waits for us to reap it, so only the
+    # lifeline (taken at joined()) tells the watcher at once.
+    pod = nsbox.Pod().start()
+    seen = []
+    pod.add_done_callback(lambda p: seen.append(p.status().state))
+    box = {}
+
+    def inside():
+        with pod.joined("pid"):
+            box["p"] = subprocess.Popen(["sleep", "60"])
+
+    t = threading.Thread(target=inside)
+    t.start()
+    t.join()
+    os.kill(pod.pid, signal.SIGKILL)
+    try:
+        assert wait_until(lambda: seen, timeout=2.0)
+        assert seen == ["exited"] and proc_state(box["p"].pid) is None  # the stray was reaped
+    finally:
+        pod.stop()

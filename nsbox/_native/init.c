@@ -11,7 +11,8 @@
  *     so a crashed creator never leaves a pod behind -- until SIGUSR1 says
  *     the pod is persistent (its record names the holder now): from then on
  *     it outlives its creator;
- *   - hold FD open (-l FD, a pipe's write end): the kernel closes it as soon
+ *   - hold FD open (-l FD, a pipe's write end; FD+1, its read end, for the
+ *     creator to take a copy of with pidfd_getfd): the kernel closes it as soon
  *     as the holder starts to exit, before a PID namespace's init waits for
  *     its members to be reaped, so the creator learns of the death at once.
  *
@@ -61,7 +62,8 @@ static void usage(FILE *out)
 		"  -w     log every reaped process to stderr\n"
 		"  -r FD  write 'R' to FD once ready, then close it\n"
 		"  -p FD  FD is a pidfd of the creator: exit when it exits (until SIGUSR1)\n"
-		"  -l FD  keep FD open (closed by the kernel when the holder exits)\n");
+		"  -l FD  keep FD and FD+1 open (a pipe's write and read ends: the kernel\n"
+		"         closes them when the holder starts to exit)\n");
 }
 
 static int parse_fd(const char *s)
@@ -79,9 +81,9 @@ static int parse_fd(const char *s)
 /* Close every fd >= 3 except the ones we were asked to keep (-1: none). */
 static void close_inherited_fds(const int *want, int n_want)
 {
-	int keep[3], n = 0;
+	int keep[4], n = 0;
 
-	for (int i = 0; i < n_want && n < 3; i++) {
+	for (int i = 0; i < n_want && n < 4; i++) {
 		int fd = want[i], seen = 0;
 
 		for (int j = 0; j < n; j++)
@@ -233,9 +235,11 @@ int main(int argc, char **argv)
 		perror("nsbox-init: warning: setsid failed");
 	stdin_from_devnull();
 	{
-		int keep[3] = {ready_fd, parent_fd, lifeline_fd};
+		/* -l FD: the lifeline's write end, and its read end at FD + 1 (for
+		 * the creator to take a copy of when it needs one: see spawn.c) */
+		int keep[4] = {ready_fd, parent_fd, lifeline_fd, lifeline_fd >= 0 ? lifeline_fd + 1 : -1};
 
-		close_inherited_fds(keep, 3);
+		close_inherited_fds(keep, 4);
 	}
 
 	int sfd = setup_signals(&set);

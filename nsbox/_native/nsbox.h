@@ -69,6 +69,8 @@ struct nsbox_spawn_req {
 	int null_stdio;                 /* bit i set: fd i is /dev/null, opened by the child */
 	int extra_fd_src[2];            /* each installed as extra_fd_dst[i], or -1 */
 	int extra_fd_dst[2];
+	int lifeline_fd;                /* >= 0: a new pipe, its write end installed
+	                                   here and its read end at lifeline_fd + 1 */
 	const int *keep_fds;            /* sorted; kept open and made inheritable */
 	int n_keep;
 	int keep_signals_blocked;       /* exec with every signal still blocked */
@@ -104,6 +106,7 @@ int nsbox_spawn_begin(const struct nsbox_spawn_req *req, struct nsbox_spawn_resu
 		      struct nsbox_spawn_pending *pending);
 int nsbox_spawn_finish(struct nsbox_spawn_pending *pending, struct nsbox_spawn_result *res);
 int nsbox_pidfd_open(int pid, unsigned int flags);
+int nsbox_pidfd_getfd(int pidfd, int targetfd);
 int nsbox_pidfd_send_signal(int pidfd, int sig);
 int nsbox_setns(int fd, int nstype);
 int nsbox_unshare(int flags);

@@ -76,6 +76,11 @@ int nsbox_pidfd_open(int pid, unsigned int flags)
 	return (int)syscall(SYS_pidfd_open, pid, flags);
 }
 
+int nsbox_pidfd_getfd(int pidfd, int targetfd)
+{
+	return (int)syscall(SYS_pidfd_getfd, pidfd, targetfd, 0);
+}
+
 int nsbox_pidfd_send_signal(int pidfd, int sig)
 {
 	return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
@@ -287,8 +292,8 @@ static int child_main(void *arg)
 	struct spawn_ctx *ctx = arg;
 	const struct nsbox_spawn_req *r = ctx->req;
 	int st = ctx->status_wr;
-	int tmp[3] = {-1, -1, -1}, extra_tmp[2] = {-1, -1};
-	int extras[3], n_extras = 0;
+	int tmp[3] = {-1, -1, -1}, extra_tmp[2] = {-1, -1}, life_tmp[2] = {-1, -1};
+	int extras[5], n_extras = 0;
 	int saved_errno = 0;
 	sigset_t empty;
 
@@ -375,6 +380,23 @@ static int child_main(void *arg)
 		if (ctx->extra_fd_src[i] >= 0 &&
 		    (extra_tmp[i] = fcntl(ctx->extra_fd_src[i], F_DUPFD_CLOEXEC, RELOCATE_MIN_FD)) < 0)
 			child_fail(st, NSBOX_STAGE_DUP_FD, errno);
+	/* The lifeline: a pipe of the child's own, both ends kept across exec
+	 * (write end at lifeline_fd, read end at lifeline_fd + 1).  Only the
+	 * program holds the write end, so a read end polls EOF as soon as it
+	 * starts to exit; the parent takes a copy of the read end if and when
+	 * it needs one (pidfd_getfd), and no copy of the write end can ever
+	 * leak into a process forked meanwhile. */
+	if (r->lifeline_fd >= 0) {
+		int p[2];
+
+		if (pipe2(p, O_CLOEXEC) < 0)
+			child_fail(st, NSBOX_STAGE_PIPE, errno);
+		for (int i = 0; i < 2; i++) {
+			if ((life_tmp[i] = fcntl(p[i], F_DUPFD_CLOEXEC, RELOCATE_MIN_FD)) < 0)
+				child_fail(st, NSBOX_STAGE_PIPE, errno);
+			close(p[i]);
+		}
+	}
 	for (int i = 0; i < 3; i++)
 		if (tmp[i] >= 0 && dup2(tmp[i], i) < 0)
 			child_fail(st, NSBOX_STAGE_INSTALL_STDIO, errno);
@@ -384,6 +406,12 @@ static int child_main(void *arg)
 		if (dup2(extra_tmp[i], r->extra_fd_dst[i]) < 0)
 			child_fail(st, NSBOX_STAGE_INSTALL_FD, errno);
 		extras[n_extras++] = r->extra_fd_dst[i];
+	}
+	if (r->lifeline_fd >= 0) {
+		if (dup2(life_tmp[1], r->lifeline_fd) < 0 || dup2(life_tmp[0], r->lifeline_fd + 1) < 0)
+			child_fail(st, NSBOX_STAGE_INSTALL_FD, errno);
+		extras[n_extras++] = r->lifeline_fd;
+		extras[n_extras++] = r->lifeline_fd + 1;
 	}
 	extras[n_extras++] = st;   /* CLOEXEC: gone at exec, needed until then */
 	for (int i = 0; i < r->n_keep; i++)
