@@ -17,8 +17,9 @@
  *     its members to be reaped, so the creator learns of the death at once.
  *
  * Signals are blocked and read from a signalfd: no work happens in a signal
- * handler.  A waitpid(-1, WNOHANG) loop runs on every wake-up and at least
- * once a second, so a coalesced SIGCHLD can never leave a zombie behind.
+ * handler.  A waitpid(-1, WNOHANG) loop runs after every wake-up until
+ * nothing is left to reap, so coalesced SIGCHLDs leave no zombie behind;
+ * an idle holder never wakes up.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -41,8 +42,6 @@
 #ifndef NSBOX_VERSION
 #define NSBOX_VERSION "0.1.0"
 #endif
-
-#define REAP_INTERVAL_MS 1000
 
 static int verbose_reap;
 
@@ -266,7 +265,13 @@ int main(int argc, char **argv)
 	nfds_t nfds = parent_fd >= 0 ? 2 : 1;
 
 	for (;;) {
-		int n = poll(pfd, nfds, REAP_INTERVAL_MS);
+		/* No timeout: an idle pod costs no CPU at all (10,000 holders
+		 * waking once a second took ~7% of a CPU).  No zombie can be
+		 * missed: SIGCHLD stays pending in the signalfd until it is read,
+		 * the reap loop runs after every read, and a child that exits
+		 * after the loop's last waitpid() raises a new SIGCHLD (orphans
+		 * reparented to us as zombies are signalled too). */
+		int n = poll(pfd, nfds, -1);
 
 		if (n > 0 && (pfd[0].revents & POLLIN)) {
 			int detach = 0;
