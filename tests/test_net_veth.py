@@ -210,3 +210,26 @@ def test_idle_ipv4_pods_send_nothing():
         for pod in (a, b):
             with open(f"/sys/class/net/{pod.host_ifname}/statistics/rx_packets") as f:
                 assert f.read() == "0\n", pod.host_ifname
+
+
+def _disable_ipv6(ifname):
+    with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6") as f:
+        return f.read().strip()
+
+
+def test_host_ends_without_ipv6_of_their_own_have_it_disabled(bridge):
+    # Issue 13: an ff00::/8 route per host end (inserted past all the others,
+    # all walked at each link's up) was 3 of the 4 largest kernel terms at
+    # 10,000 pods.  IPv4-only host ends and bridge ports get no IPv6 at all;
+    # a host end with an IPv6 address keeps it.
+    v6 = nsbox.Veth(address="fd00:210:47::2/64", host_address="fd00:210:47::1/64")
+    with nsbox.Pod(network=veth(46)) as a, nsbox.Pod(network=v6) as b, nsbox.Pod(network=bridge) as c:
+        assert _disable_ipv6(a.host_ifname) == "1" and _disable_ipv6(c.host_ifname) == "1"
+        assert _disable_ipv6(b.host_ifname) == "0"
+        for pod in (a, c):
+            shown = subprocess.run(["ip", "-6", "route", "show", "table", "all", "dev", pod.host_ifname],
+                                   capture_output=True, text=True)
+            assert shown.stdout == "", shown.stdout
+        assert a.run(["ping", "-c", "1", "-W", "2", "10.210.46.1"], capture_output=True).returncode == 0
+        assert c.run(["ping", "-c", "1", "-W", "2", str(bridge.gateway.ip)], capture_output=True).returncode == 0
+        assert b.run(["ping", "-6", "-c", "1", "-W", "2", "fd00:210:47::1"], capture_output=True).returncode == 0
