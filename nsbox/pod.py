@@ -34,7 +34,7 @@ from .kinds import DEFAULT_KINDS, KindsArg, flags_of, parse_kinds
 from .members import Members, terminate_all
 from .namespaces import Namespace
 from .namespaces import joined as _joined
-from .net import Attachment, Network, PodNetwork, detach_all
+from .net import Attachment, Network, PodNetwork, detach_all, unaddress_all
 from .net.shaping import Shaping
 from .spawn import PodProcess, run_process
 from .lifecycle import Backoff, DoneCallbacks, PodStatus
@@ -948,6 +948,10 @@ def stop_all(pods: Iterable[Pod], timeout: float = 10.0) -> list[Optional[int]]:
         # Every member of every pod gets SIGTERM and the grace period at
         # once; then every holder is told to exit before any is waited for.
         terminate_all([pod._members for pod in started if pod._members is not None], deadline)
+        # Host ends lose their addresses before their namespaces go: the
+        # kernel then deletes them without flushing the host's route tables
+        # once per link (see unaddress_all).
+        unaddress_all([a for pod in started for a in pod._net.attachments])
         for pod in started:
             assert pod._holder is not None
             pod._holder.signal(signal.SIGTERM)

@@ -166,3 +166,28 @@ def test_exit_settles(bridge):
     assert r.returncode == 0, r.stderr
     assert links() == before
     assert bridge.leases() == {} and bridge.ports() == []
+
+
+def test_stop_all_takes_veth_host_addresses_first_and_leaves_the_bridge_alone(bridge):
+    # Issue 13: stop_all deletes the veth host ends' addresses before their
+    # namespaces go (a link that routes go through makes the kernel flush
+    # all of the host's route tables as it goes).  Not the bridge's address:
+    # that is every bridge pod's gateway.
+    import subprocess
+
+    keep = nsbox.Pod(network=bridge).start()
+    pods = [nsbox.Pod(network=veth(30 + i)).start() for i in range(3)] + [nsbox.Pod(network=bridge).start()]
+    names = [p.host_ifname for p in pods]
+    fd = kept_netns(pods[0])  # its link outlives the stop: the address must be gone anyway
+    try:
+        nsbox.stop_all(pods)
+        shown = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", names[0]], capture_output=True, text=True)
+        assert shown.stdout == ""
+        gw = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", bridge.name], capture_output=True, text=True)
+        assert str(bridge.gateway) in gw.stdout
+        assert keep.run(["ping", "-c", "1", "-W", "2", str(bridge.gateway.ip)], capture_output=True).returncode == 0
+    finally:
+        os.close(fd)
+        keep.stop()
+    nsbox.net.settle()
+    assert not set(names) & links()

@@ -31,7 +31,7 @@ from .ports import Published
 from .ports import publish as publish_ports
 from .shaping import Shaping, apply
 
-__all__ = ["Attachment", "attach", "detach_all"]
+__all__ = ["Attachment", "attach", "detach_all", "unaddress_all"]
 
 RECORD_VERSION = 1
 # How long teardown waits for the kernel to delete a pod's veth with its
@@ -300,6 +300,29 @@ def _netns_id(netns_fd: int) -> tuple[int, int]:
 
 
 # ---- many at once -------------------------------------------------------------------
+
+
+def unaddress_all(attachments: Sequence[Attachment]) -> None:
+    """Before many pods' namespaces go: delete their veth host ends'
+    addresses, in batches (best effort: what fails here goes with the link).
+
+    When the kernel deletes a link that routes still go through, it flushes
+    every route table of the link's namespace (``fib_flush``): with 10,000
+    pods, 10,000 walks of a 20,000-route table, a quarter of all CPU time and
+    most of ``stop_all``'s 14 s.  An address deleted first takes its own
+    routes along, and the link then goes without a flush."""
+    by_netns: dict[tuple[int, int], list[Attachment]] = {}
+    for att in attachments:
+        if (not att.detached and att.HAS_LINK and att.host_index and att.host_address is not None
+                and att.route_ifname == att.host_ifname):  # (a bridge's address is not the pod's)
+            by_netns.setdefault(att.host_netns_id, []).append(att)
+    for group in by_netns.values():
+        try:
+            with group[0]._host() as host:
+                for i in range(0, len(group), 256):
+                    host.run([msg.addr_del(a.host_index, a.host_ifname, a.host_address) for a in group[i : i + 256]])
+        except OSError:
+            pass
 
 
 def detach_all(attachments: Sequence[Attachment], wait: float = KERNEL_CLEANUP) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
 from pyroute2.netlink.rtnl import (
+    RTM_DELADDR,
     RTM_DELLINK,
     RTM_DELQDISC,
     RTM_GETLINK,
@@ -31,7 +32,7 @@ from .rtnl import HEADER, Request
 
 __all__ = [
     "CREATE", "REPLACE", "CHANGE", "veth", "bridge", "link_set", "link_up", "link_del",
-    "get_link", "get_link_by_index", "addr_add", "route_add", "fib_match", "qdisc", "qdisc_del",
+    "get_link", "get_link_by_index", "addr_add", "addr_del", "route_add", "fib_match", "qdisc", "qdisc_del",
 ]
 
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
@@ -267,6 +268,13 @@ def addr_add(index: int, name: str, iface: Any) -> Request:
         values[placeholder.network.broadcast_address.packed] = iface.network.broadcast_address.packed
     msg = _templated(("addr", iface.version, prefixlen), build, values)
     return Request(msg, RTM_NEWADDR, CREATE, "adding address {} to {}", iface, name)
+
+
+def addr_del(index: int, name: str, iface: Any) -> Request:
+    """Delete address ``iface`` of link ``index`` (the encoding of
+    :func:`addr_add`'s, as ``RTM_DELADDR``)."""
+    add = addr_add(index, name, iface)
+    return Request(add.msg, RTM_DELADDR, CHANGE, "deleting address {} of {}", iface, name)
 
 
 def route_add(gateway: Any, *, dst: Any = None, oif: Optional[int] = None) -> Request:
