@@ -10,4 +10,5 @@ from .podnet import PodNetwork
 from .teardown import settle
 from .veth import Veth
 
-__all__ = ["Veth", "Bridge", "CNI", "CNIError", "Network", "Attachment", "PodNetwork", "detach_all", "unaddress_all", "network_from_dict", "settle"]
+__all__ = ["Veth", "Bridge", "CNI", "CNIError", "Network", "Attachment", "PodNetwork", "detach_all", "unaddress_all",
+           "network_from_dict", "settle"]
