@@ -295,3 +295,26 @@ def test_a_bridge_made_from_a_thread_in_another_network_namespace():
             br.remove()
             assert not br.exists and not link_exists("nsbtnode0")
     assert not link_exists("nsbtnode0")  # (never in the host's namespace)
+
+
+def test_a_full_bridge_says_so_and_what_to_do(bridge, tmp_path):
+    # Issue 13: the kernel numbers a bridge's ports in 10 bits (port 0
+    # reserved): the 1,024th is refused with a bare EXFULL.  Fill the bridge
+    # with bare veth ports instead of 1,023 pods (this kernel has no dummy).
+    first = nsbox.Pod(network=bridge).start()
+    names = [f"nsbf{os.getpid() % 10000}x{i}" for i in range(nsbox.net.bridge.MAX_PORTS - 1)]
+    group = str(100000 + os.getpid())  # a link group of this test's own: deleted in one go (one RCU grace period)
+    (tmp_path / "add").write_text("".join(f"link add {n} group {group} type veth peer name {n}p\n"
+                                          f"link set {n} master {bridge.name}\n" for n in names))
+    subprocess.run(["ip", "-batch", str(tmp_path / "add")], check=True)
+    try:
+        with pytest.raises(nsbox.NetworkError) as e:
+            nsbox.Pod(network=bridge).start()
+        assert e.value.errno == errno.EXFULL
+        assert f"bridge {bridge.name} is full" in str(e.value) and "another nsbox.Bridge" in str(e.value)
+        subprocess.run(["ip", "link", "del", names[-1]], check=True)
+        with nsbox.Pod(network=bridge) as second:  # the failed one left no lease or link behind
+            assert second.address.ip == first.address.ip + 1
+    finally:
+        subprocess.run(["ip", "link", "del", "group", group], capture_output=True)
+        first.stop()

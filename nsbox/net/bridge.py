@@ -25,6 +25,11 @@ from .shaping import Shaping
 __all__ = ["Bridge"]
 
 
+# A bridge's port numbers are 10 bits, port 0 reserved (BR_MAX_PORTS): the
+# 1,024th port is refused with EXFULL.
+MAX_PORTS = 1023
+
+
 class Bridge(NetworkConfig):
     """A Linux bridge shared by pods, with IPAM.
 
@@ -128,11 +133,21 @@ class Bridge(NetworkConfig):
                 bridge_index = self._ensure_bridge(host)
                 lease = self._ipam.lease(owner, self.address.ip if self.address else None)
             address = ipaddress.ip_interface(f"{lease.address}/{self.subnet.prefixlen}")
-            return attach(host, pod_netns_fd, ifname=self.ifname, address=address,
-                          host_ifname=self.host_ifname, host_address=self.gateway,
-                          gateway=self.gateway.ip if primary else None, master=bridge_index,
-                          route_ifname=self.name, mtu=self.mtu, mac=self.mac, primary=primary,
-                          shaping=self.shaping, lease=lease)
+            try:
+                return attach(host, pod_netns_fd, ifname=self.ifname, address=address,
+                              host_ifname=self.host_ifname, host_address=self.gateway,
+                              gateway=self.gateway.ip if primary else None, master=bridge_index,
+                              route_ifname=self.name, mtu=self.mtu, mac=self.mac, primary=primary,
+                              shaping=self.shaping, lease=lease)
+            except NetworkError as e:
+                if e.errno != errno.EXFULL:
+                    raise
+                raise NetworkError(
+                    errno.EXFULL,
+                    f"bridge {self.name} is full: a Linux bridge takes at most {MAX_PORTS} ports (the kernel's "
+                    "limit), and all are in use; put further pods on another nsbox.Bridge (its own name and "
+                    "subnet) -- pods on two bridges reach each other through the host's routing "
+                    "(net.ipv4.ip_forward=1)") from None
 
 
     @property
