@@ -318,3 +318,28 @@ def test_a_full_bridge_says_so_and_what_to_do(bridge, tmp_path):
     finally:
         subprocess.run(["ip", "link", "del", "group", group], capture_output=True)
         first.stop()
+
+
+@pytest.mark.parametrize("replace", ["deleted", "replaced by a plain bridge", "replaced by a veth"])
+def test_a_bridge_gone_behind_our_back_is_made_again(bridge, replace):
+    # Issue 13: a process checks its bridge once, not for every pod; a port
+    # made on a bridge that went away since then fails, and nsbox looks again.
+    with nsbox.Pod(network=bridge) as a:
+        pass
+    subprocess.run(["ip", "link", "del", bridge.name], check=True)
+    if replace == "replaced by a plain bridge":
+        subprocess.run(["ip", "link", "add", bridge.name, "type", "bridge"], check=True)
+    elif replace == "replaced by a veth":
+        subprocess.run(["ip", "link", "add", bridge.name, "type", "veth", "peer", "name", bridge.name + "p"], check=True)
+    try:
+        if replace == "deleted":
+            with nsbox.Pod(network=bridge) as b:
+                assert b.run(["ping", "-c", "1", "-W", "2", str(bridge.gateway.ip)], capture_output=True).returncode == 0
+                assert bridge.ports() == [b.host_ifname]
+        else:
+            with pytest.raises(nsbox.NetworkError, match="pick another name"):
+                nsbox.Pod(network=bridge).start()
+    finally:
+        if replace != "deleted":
+            subprocess.run(["ip", "link", "del", bridge.name], check=True)
+    assert a.returncode == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 from typing import Any, Optional
 
 from ..errors import ConfigError, NetworkError
@@ -28,6 +29,13 @@ __all__ = ["Bridge"]
 # A bridge's port numbers are 10 bits, port 0 reserved (BR_MAX_PORTS): the
 # 1,024th port is refused with EXFULL.
 MAX_PORTS = 1023
+
+
+# Bridges this process has made sure of, in its own network namespace:
+# (name, subnet) -> ifindex (see Bridge._bridge_index).  Guarded by the
+# state lock.
+_known: dict[tuple[str, str], int] = {}
+os.register_at_fork(after_in_child=_known.clear)
 
 
 class Bridge(NetworkConfig):
@@ -129,26 +137,44 @@ class Bridge(NetworkConfig):
 
     def _attach(self, pod_netns_fd: int, owner: Owner, primary: bool) -> Attachment:
         with rtnl.shared() as host:
-            with self._ipam.locked():
-                bridge_index = self._ensure_bridge(host)
-                lease = self._ipam.lease(owner, self.address.ip if self.address else None)
-            address = ipaddress.ip_interface(f"{lease.address}/{self.subnet.prefixlen}")
-            try:
-                return attach(host, pod_netns_fd, ifname=self.ifname, address=address,
-                              host_ifname=self.host_ifname, host_address=self.gateway,
-                              gateway=self.gateway.ip if primary else None, master=bridge_index,
-                              route_ifname=self.name, mtu=self.mtu, mac=self.mac, primary=primary,
-                              shaping=self.shaping, lease=lease)
-            except NetworkError as e:
-                if e.errno != errno.EXFULL:
-                    raise
-                raise NetworkError(
-                    errno.EXFULL,
-                    f"bridge {self.name} is full: a Linux bridge takes at most {MAX_PORTS} ports (the kernel's "
-                    "limit), and all are in use; put further pods on another nsbox.Bridge (its own name and "
-                    "subnet) -- pods on two bridges reach each other through the host's routing "
-                    "(net.ipv4.ip_forward=1)") from None
+            for fresh in (False, True):
+                with self._ipam.locked():
+                    bridge_index, known = self._bridge_index(host, fresh)
+                    lease = self._ipam.lease(owner, self.address.ip if self.address else None)
+                address = ipaddress.ip_interface(f"{lease.address}/{self.subnet.prefixlen}")
+                try:
+                    return attach(host, pod_netns_fd, ifname=self.ifname, address=address,
+                                  host_ifname=self.host_ifname, host_address=self.gateway,
+                                  gateway=self.gateway.ip if primary else None, master=bridge_index,
+                                  route_ifname=self.name, mtu=self.mtu, mac=self.mac, primary=primary,
+                                  shaping=self.shaping, lease=lease)
+                except NetworkError as e:
+                    if known and e.errno in (errno.EINVAL, errno.ENODEV, errno.EOPNOTSUPP):
+                        continue  # the bridge we knew went (or was replaced) behind our back: look again
+                    if e.errno != errno.EXFULL:
+                        raise
+                    raise NetworkError(
+                        errno.EXFULL,
+                        f"bridge {self.name} is full: a Linux bridge takes at most {MAX_PORTS} ports (the "
+                        "kernel's limit), and all are in use; put further pods on another nsbox.Bridge (its own "
+                        "name and subnet) -- pods on two bridges reach each other through the host's routing "
+                        "(net.ipv4.ip_forward=1)") from None
+            raise AssertionError("unreachable")  # pragma: no cover
 
+    def _bridge_index(self, host: rtnl.Rtnl, fresh: bool) -> tuple[int, bool]:
+        """The bridge's ifindex, and whether it was already known.  A bridge
+        this process made sure of (made, or found to be nsbox's for this
+        subnet, and given its gateway and set up) is not looked at again for
+        every pod -- two round trips, a third of a bridge pod's netlink
+        (issue 13) -- unless ``fresh``: making a port on it then fails if it
+        went away.  (Under the state lock.)"""
+        key = (self.name, str(self.subnet))
+        if host.is_shared and not fresh and key in _known:
+            return _known[key], True
+        index = self._ensure_bridge(host)
+        if host.is_shared:
+            _known[key] = index
+        return index, False
 
     @property
     def _alias(self) -> str:
@@ -223,6 +249,7 @@ class Bridge(NetworkConfig):
         if teardown.pending():
             teardown.settle()
         with rtnl.Rtnl() as host, self._ipam.locked():
+            _known.pop((self.name, str(self.subnet)), None)
             info = link_info(host, self.name)
             if info is None:
                 self._ipam.destroy()

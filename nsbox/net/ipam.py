@@ -125,7 +125,10 @@ class Ipam:
             self._write(want, owner)
             ours[str(want)] = owner
             return want
-        leased = set(os.listdir(self.dir))
+        # No listing of the lease directory (O(leases) per allocation): the
+        # scan starts past every address known to be ours, so the first
+        # candidate is nearly always free, and a lease file is read only
+        # for a candidate that is not ours (missing: free).
         first, count = self._hosts()
         make = type(self.network.network_address)
         low = _low.get(self.dir, 0)
@@ -134,7 +137,7 @@ class Ipam:
             if addr in self.reserved:
                 continue
             name = str(addr)
-            if name in leased and (name in ours or self._is_live(self._owner(self._lease_path(addr)))):
+            if name in ours or self._is_live(self._owner(self._lease_path(addr))):
                 continue
             self._write(addr, owner)  # free, or reclaimed from a dead owner
             ours[name] = owner
