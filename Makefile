@@ -19,7 +19,9 @@ APT_PACKAGES := gcc libc6-dev musl-tools python3-dev libcap-dev procps iproute2 
 SOURCES := $(shell find nsbox -name '*.py' -o -name '*.c' -o -name '*.h' -o -name '*.cdef') setup.py pyproject.toml
 PYTEST_ARGS ?=
 # Pods alive in the bench's scale section: make bench SCALE=10000
+# (PERF=1: perf record -a -g over the last block of nsbox's run)
 SCALE ?= 1000
+PERF ?=
 # Pinned: a new release's new checks must not turn main red by themselves.
 LINTERS := "ruff==0.17.6" "mypy==2.4.1"
 
@@ -64,8 +66,8 @@ demo: install
 # and a hand-written netlink floor; tini/catatonit are peers for holder memory;
 # SCALE pods alive at once (issue 13), nsbox against the floor plans.
 bench: install
-	@for p in tini catatonit; do dpkg -s $$p >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tini catatonit >/dev/null; break; }; done
-	$(PY) benchmarks/bench.py --write-docs --scale $(SCALE)
+	@for p in tini catatonit linux-perf; do dpkg -s $$p >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tini catatonit linux-perf >/dev/null; break; }; done
+	$(PY) benchmarks/bench.py --write-docs --scale $(SCALE) $(if $(PERF),--perf)
 
 clean:
 	rm -rf $(VENV) build *.egg-info nsbox/_native/_nsbox.c nsbox/_native/*.so nsbox/_native/nsbox-init

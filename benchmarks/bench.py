@@ -46,6 +46,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import nsbox
 
@@ -690,7 +691,8 @@ BRIDGE_SCALE = 1000  # one bridge holds 1,023 ports: the bridge plans stop here
 
 
 def bench_scale(n: int, sub: Subnets, bridge_net: str, *, block: int = 0, repeat: int = 1,
-                settle: float = 60.0, run_rounds: int = 30, limit: int = 1100, plans: set | None = None) -> dict:
+                settle: float = 60.0, run_rounds: int = 30, limit: int = 1100, plans: set | None = None,
+                perf: Optional[Path] = None) -> dict:
     """The scale section: per plan, N pods alive (see the comment above for
     the layout; the bridge plans at most BRIDGE_SCALE), the memory per pod and
     pod.run(["true"]) against the host's subprocess.run with N alive, and the
@@ -713,7 +715,8 @@ def bench_scale(n: int, sub: Subnets, bridge_net: str, *, block: int = 0, repeat
                 make, remove = setup()
                 try:
                     warm(make)
-                    r = scale_run(size, make, size_block, run_rounds if name == "nsbox" and rep == 0 else 0)
+                    r = scale_run(size, make, size_block, run_rounds if name == "nsbox" and rep == 0 else 0,
+                                  perf if name == "nsbox" and rep == 0 else None)
                 finally:
                     if remove:
                         _settle()
@@ -721,6 +724,8 @@ def bench_scale(n: int, sub: Subnets, bridge_net: str, *, block: int = 0, repeat
                 if "run" in r:
                     extra["run"] = r.pop("run")
                 runs.setdefault(name, []).append(r)
+                for line in r.get("perf_top", []):
+                    print(f"      perf: {line}", flush=True)
                 print(f"   {name}: {size} pods in {r['create_s']} s, growth {r['growth']}, stop {r['stop_s']} s",
                       flush=True)
     out = {"plans": {name: scale_row(rs) for name, rs in runs.items()}, "runs": runs}
@@ -795,23 +800,37 @@ def settle_netns_cleanup(timeout: float = 60.0) -> None:
             return
 
 
-def scale_run(n: int, make, block: int, run_rounds: int = 0) -> dict:
+def scale_run(n: int, make, block: int, run_rounds: int = 0, perf: Optional[Path] = None) -> dict:
     """N pods of one plan alive: per-pod times (in blocks), memory per pod
     with all N alive, optionally pod.run against subprocess.run with N alive,
-    then stop_all, timed until every host link the run made is gone."""
+    then stop_all, timed until every host link the run made is gone.
+    ``perf``: record ``perf record -a -g`` there over the last block (its
+    time is then not counted: the recorder's start-up is left out)."""
     before = links()
     mem0 = meminfo_available_kb()
     me0 = pss_kb(os.getpid())
     per = []
     pods = []
     out: dict = {"pods": n}
+    recorder = None
     t0 = time.perf_counter()
     try:
-        for _ in range(n):
+        for i in range(n):
+            if perf is not None and i == n - block:
+                paused = time.perf_counter()
+                perf.parent.mkdir(parents=True, exist_ok=True)
+                recorder = subprocess.Popen(["perf", "record", "-a", "-g", "-q", "-o", str(perf)])
+                time.sleep(1.5)  # (its start-up)
+                t0 += time.perf_counter() - paused
             t = time.perf_counter()
             pods.append(make())
             per.append((time.perf_counter() - t) * 1000)
         out["create_s"] = round(time.perf_counter() - t0, 3)
+        if recorder is not None:
+            assert perf is not None
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait()
+            out["perf_top"] = perf_top(perf)
         out["meminfo_kb_per_pod"] = round((mem0 - meminfo_available_kb()) / n, 1)
         out["creator_pss_kb_per_pod"] = round((pss_kb(os.getpid()) - me0) / n, 2)
         out["holder_pss_kb"] = round(sum(pss_kb(p.pid) for p in pods) / n, 1)
@@ -833,6 +852,13 @@ def scale_run(n: int, make, block: int, run_rounds: int = 0) -> dict:
     out.update(block=block, first_block_ms_per_pod=round(blocks[0], 3), last_block_ms_per_pod=round(blocks[-1], 3),
                growth=round(blocks[-1] / blocks[0], 3), block_ms_per_pod=[round(b, 3) for b in blocks])
     return out
+
+
+def perf_top(data: Path, n: int = 15) -> list[str]:
+    """The ``n`` kernel and user symbols with the most samples in ``data``."""
+    r = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "sym", "--stdio", "-q",
+                        "-g", "none"], capture_output=True, text=True)
+    return [" ".join(line.split()) for line in r.stdout.splitlines() if "%" in line][:n]
 
 
 def bridge_limit(make, limit: int) -> dict:
@@ -891,6 +917,8 @@ def main() -> int:
                     help="runs of each scale plan, alternating ABBA (default: 2 up to 2000 pods, else 1)")
     ap.add_argument("--scale-plans", default="",
                     help="comma-separated scale plans to run, of: nsbox, floor, nsbox bridge, floor bridge, bridge limit")
+    ap.add_argument("--perf", action="store_true",
+                    help="perf record -a -g over the last block of the first nsbox scale run (results dir)")
     ap.add_argument("--only", default="", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--write-docs", action="store_true", help="also write docs/performance.md")
@@ -916,7 +944,8 @@ def main() -> int:
         r = bench_scale(scale, sub, "10.248.0.0/16" if args.quick else "10.247.0.0/16", block=block, repeat=repeat,
                         settle=2.0 if args.quick else 60.0, run_rounds=3 if args.quick else rounds,
                         limit=3 if args.quick else 1100,
-                        plans={x.strip() for x in args.scale_plans.split(",") if x.strip()} or None)
+                        plans={x.strip() for x in args.scale_plans.split(",") if x.strip()} or None,
+                        perf=args.out / f"perf-scale-{datetime.datetime.now():%Y%m%d-%H%M%S}.data" if args.perf else None)
         results["scale_runs"] = r["runs"]
         results["scale_memory"] = r["memory"]
         results["scale_run"] = r["run"]
