@@ -830,6 +830,7 @@ def scale_run(n: int, make, block: int, run_rounds: int = 0, perf: Optional[Path
             assert perf is not None
             recorder.send_signal(signal.SIGINT)
             recorder.wait()
+            recorder = None
             out["perf_top"] = perf_top(perf)
         out["meminfo_kb_per_pod"] = round((mem0 - meminfo_available_kb()) / n, 1)
         out["creator_pss_kb_per_pod"] = round((pss_kb(os.getpid()) - me0) / n, 2)
@@ -840,6 +841,9 @@ def scale_run(n: int, make, block: int, run_rounds: int = 0, perf: Optional[Path
                      "nsbox pod.run": lambda: pod.run(["true"]) and None}
             out["run"] = summary(interleaved(plans, run_rounds), "host subprocess.run")
     finally:
+        if recorder is not None:  # (an exception in the last block)
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait()
         t1 = time.perf_counter()
         nsbox.stop_all(pods)
         t2 = time.perf_counter()

@@ -111,6 +111,9 @@ def _request(r: SpawnRequest, keep: list) -> Any:
     extra = list(r.extra_fds) + [(-1, -1)] * (2 - len(r.extra_fds))
     req.extra_fd_src = [src for src, _ in extra]
     req.extra_fd_dst = [dst for _, dst in extra]
+    if r.lifeline_fd >= 0 and (r.lifeline_fd < 3 or {r.lifeline_fd, r.lifeline_fd + 1}
+                               & ({dst for _, dst in r.extra_fds} | set(r.keep_fds))):
+        raise ValueError("lifeline_fd and lifeline_fd + 1 must be >= 3 and not be extra or kept fds")
     req.lifeline_fd = r.lifeline_fd
     keep_fds = sorted(set(int(fd) for fd in r.keep_fds))
     kf = ffi.new("int[]", keep_fds or [0])
@@ -173,13 +176,18 @@ class PendingSpawn:
     then must call :meth:`finish` exactly once (it runs on the caller's
     memory until then, which this object keeps alive)."""
 
-    def __init__(self, r: "SpawnRequest | Prepared"):
+    def __init__(self, r: "SpawnRequest | Prepared", second_extra_fd: int = -1):
         # Everything __del__ needs is set before the child exists: an
         # exception (a KeyboardInterrupt held back while signals were blocked
         # in the call) can come right after it returns.
         self._owner = os.getpid()
         self._prepared = r if isinstance(r, Prepared) else Prepared(r)
         self._req: Any = self._prepared.req
+        if second_extra_fd >= 0:
+            # This spawn's own copy of the shared request (other threads may
+            # be using it), with its own source for the second extra fd.
+            self._req = ffi.new("struct nsbox_spawn_req *", self._req[0])
+            self._req.extra_fd_src[1] = second_extra_fd
         self._pending = ffi.new("struct nsbox_spawn_pending *")
         self._pending.status_rd = -1
         res = ffi.new("struct nsbox_spawn_result *")

@@ -13,6 +13,7 @@ status once reaped.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import threading
@@ -31,6 +32,31 @@ INIT_PATH = Path(__file__).resolve().parent / "_native" / "nsbox-init"
 
 _CREATOR_FD = 3
 _LIFELINE_FD = 4
+
+log = logging.getLogger("nsbox")
+
+# Set once pidfd_getfd was refused (EPERM/EACCES: a seccomp filter, as
+# Docker's default without CAP_SYS_PTRACE, Yama, an LSM; ENOSYS): holders
+# started from then on get a lifeline this process makes itself, its read
+# end kept from the start (one more fd per pod).
+_getfd_refused = False
+
+# Held while a lifeline's write end is open in this process (only holders
+# started after _getfd_refused), and by os.fork() (its before-fork hook): a
+# process forked then would keep a copy of it, and the holder's death would
+# not close the pipe.  (subprocess's vfork+exec children close it at exec:
+# it is close-on-exec.)
+_no_fork = threading.Lock()
+
+
+def _no_fork_in_child() -> None:
+    global _no_fork
+    _no_fork = threading.Lock()
+
+
+# (Looked up at each fork: the child gets a fresh lock, the held copy is dropped.)
+os.register_at_fork(before=lambda: _no_fork.acquire(), after_in_parent=lambda: _no_fork.release(),
+                    after_in_child=_no_fork_in_child)
 
 _creator_lock = threading.Lock()
 _creator: Optional[tuple[int, int]] = None  # (pid, pidfd of this process)
@@ -110,29 +136,66 @@ class Holder:
     def begin(cls, kinds: tuple[str, ...], **options: Any) -> "Holder":
         """Clone the holder in new ``kinds`` namespaces (``options``: those of
         :func:`begin_holder`) and return at once."""
+        if _getfd_refused:
+            return cls._begin_with_our_lifeline(kinds, **options)
         try:
             pending = begin_holder(kinds, lifeline=True, **options)
         except _clone.SpawnFailed as f:
             raise failure_error(Failure("start", f.stage.name, f.errno, kinds=kinds)) from None
         return cls(pending, kinds)
 
+    @classmethod
+    def _begin_with_our_lifeline(cls, kinds: tuple[str, ...], **options: Any) -> "Holder":
+        """:meth:`begin` where pidfd_getfd is refused: the lifeline is a pipe
+        of ours, its write end passed to the holder and closed here at once."""
+        with _no_fork:  # a fork meanwhile would keep a copy of the write end
+            rd, wr = os.pipe2(os.O_CLOEXEC)
+            try:
+                pending = begin_holder(kinds, lifeline=True, lifeline_source=wr, **options)
+            except _clone.SpawnFailed as f:
+                os.close(rd)
+                raise failure_error(Failure("start", f.stage.name, f.errno, kinds=kinds)) from None
+            except BaseException:
+                os.close(rd)
+                raise
+            finally:
+                os.close(wr)  # (the holder has its own copy by now)
+        holder = cls(pending, kinds)
+        holder.lifeline = _syscalls.park(rd)
+        return holder
+
     def take_lifeline(self) -> int:
         """Our copy of the holder's lifeline (taken from the holder the first
-        time: ``pidfd_getfd``), or -1 if there is none (an adopted holder;
-        one that is exiting; no ptrace access to it)."""
+        time: ``pidfd_getfd``), or -1 if there is none (an adopted holder of
+        another process; one that is exiting; pidfd_getfd refused: holders
+        started later get a lifeline of ours, see :meth:`begin`).  Raises
+        OSError (EMFILE) when this process is out of fds."""
+        global _getfd_refused
         if self.lifeline < 0 and self.ours and self.pidfd >= 0 and self.returncode is None:
             try:
                 self.lifeline = _syscalls.park(_syscalls.pidfd_getfd(self.pidfd, _LIFELINE_FD + 1))
-            except OSError:  # exiting (ESRCH, EBADF) or not allowed (EPERM): the pidfd still says when it is gone
-                pass
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    raise
+                if e.errno in (errno.EPERM, errno.EACCES, errno.ENOSYS) and not _getfd_refused:
+                    _getfd_refused = True
+                    log.warning("pidfd_getfd is refused here (%s): pods started from now on keep one more "
+                                "fd each (their lifeline); see docs/lifecycle.md", e)
+                # else exiting (ESRCH, EBADF): its pidfd says when it is gone
         return self.lifeline
 
     def exiting(self) -> bool:
         """True once the holder has started to exit (or has exited): its
-        lifeline reports EOF (without one taken: once it has exited)."""
+        lifeline reports EOF; without one, ``/proc`` says so (our unreaped
+        child: its PID is still its own)."""
         if self.lifeline >= 0 and _syscalls.fd_readable(self.lifeline):
             return True
-        return not self.alive
+        if not self.alive:
+            return True
+        if self.lifeline < 0 and self.ours:
+            st = _proc.stat(self.pid)
+            return st is not None and bool(st.flags & _proc.PF_EXITING)
+        return False
 
     def finish(self) -> None:
         """Wait until the holder has exec'd.  If a step before its exec
@@ -246,6 +309,7 @@ def begin_holder(
     gid_map: Optional[str] = None,
     verbose: bool = False,
     lifeline: bool = False,
+    lifeline_source: int = -1,
     tied: bool = True,
 ) -> _clone.PendingSpawn:
     """Clone the holder in new ``kinds`` namespaces and return at once: its
@@ -254,7 +318,8 @@ def begin_holder(
 
     ``lifeline``: give the holder a lifeline, a pipe of its own made before
     exec (write end: its fd 4, read end: fd 5, for
-    :meth:`Holder.take_lifeline`).  The holder exits when this process does, until
+    :meth:`Holder.take_lifeline`); with ``lifeline_source``, that fd (a
+    pipe's write end) is installed as its fd 4 instead.  The holder exits when this process does, until
     :meth:`Holder.outlive_creator`; ``tied=False`` (a pod that will) only
     keeps it off this process's stderr.
 
@@ -262,14 +327,15 @@ def begin_holder(
     """
     _syscalls.require_kernel()
     creator = creator_pidfd()
-    key = (INIT_PATH, kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline, tied)
+    ours = lifeline_source >= 0
+    key = (INIT_PATH, kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline, ours, tied)
     prepared = _prepared.get(key)
     if prepared is None:
-        prepared = _prepare(kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline, tied)
+        prepared = _prepare(kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline, ours, tied)
         if len(_prepared) >= 64:
             _prepared.clear()
         _prepared[key] = prepared
-    return _clone.PendingSpawn(prepared)
+    return _clone.PendingSpawn(prepared, second_extra_fd=lifeline_source)
 
 
 # Holder requests in native form, by shape: pods of one shape reuse one.
@@ -278,7 +344,8 @@ os.register_at_fork(after_in_child=_prepared.clear)
 
 
 def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, uid_map: Optional[str],
-             gid_map: Optional[str], verbose: bool, creator: int, lifeline: bool, tied: bool) -> _clone.Prepared:
+             gid_map: Optional[str], verbose: bool, creator: int, lifeline: bool, our_lifeline: bool,
+             tied: bool) -> _clone.Prepared:
     init = os.fsencode(INIT_PATH)
     # No readiness handshake (init's -r): the holder runs from exec on with
     # every signal blocked, so a signal sent before its signalfd exists stays
@@ -307,8 +374,9 @@ def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, 
             # stdin, stdout: /dev/null; stderr: the creator's (for -w) -- not for a
             # holder that outlives it: whoever reads that pipe would wait forever
             null_stdio=0b011 if tied or verbose else 0b111,
-            extra_fds=[(creator, _CREATOR_FD)],
-            lifeline_fd=_LIFELINE_FD if lifeline else -1,
+            # (our_lifeline: its source is set per spawn, PendingSpawn's second_extra_fd)
+            extra_fds=[(creator, _CREATOR_FD)] + ([(-1, _LIFELINE_FD)] if lifeline and our_lifeline else []),
+            lifeline_fd=_LIFELINE_FD if lifeline and not our_lifeline else -1,
             keep_signals_blocked=True,  # nothing is lost before its signalfd exists
         )
     )

@@ -130,12 +130,13 @@ def _thread_count() -> int:
 
 
 @contextlib.contextmanager
-def _target_pidfd(target: Target) -> Iterator[tuple[int, str]]:
-    """Yield ``(pidfd, description)`` for ``target``; closes what it opened."""
+def _target_pidfd(target: Target, kinds: tuple[str, ...] = ()) -> Iterator[tuple[int, str]]:
+    """Yield ``(pidfd, description)`` for ``target`` (whose ``kinds`` are
+    about to be joined); closes what it opened."""
     dup = getattr(target, "_dup_pidfd", None)
     if dup is not None:
         with cast(Any, target)._lock:
-            fd = dup()  # a private copy: valid even if the pod is stopped meanwhile
+            fd = dup(kinds)  # a private copy: valid even if the pod is stopped meanwhile
         try:
             yield fd, repr(target)
         finally:
@@ -194,7 +195,7 @@ def join(target: Target, kinds: KindsArg) -> None:
     kinds = parse_kinds(kinds)
     _check_join(kinds)
     _syscalls.require_kernel()
-    with _target_pidfd(target) as (pidfd, desc):
+    with _target_pidfd(target, kinds) as (pidfd, desc):
         if "mnt" in kinds:
             _unshare_fs()
         try:

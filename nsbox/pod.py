@@ -339,7 +339,7 @@ class Pod:
             self._rollback()
             raise
         self._started_at = time.time()
-        lifecycle.watch(self, [holder.pidfd])
+        lifecycle.watch(self, [holder.pidfd] + ([holder.lifeline] if holder.lifeline >= 0 else []))
 
     def restart(self, timeout: float = 10.0) -> "Pod":
         """A new sandbox from the same spec, as the kubelet makes after
@@ -695,11 +695,13 @@ class Pod:
         if stopped:
             self._run_callbacks()
 
-    def _dup_pidfd(self) -> int:
-        """A private duplicate of the holder's pidfd (call with the lock held):
-        it stays valid, and names the holder, even if stop() closes ours."""
+    def _dup_pidfd(self, kinds: tuple[str, ...] = ()) -> int:
+        """A private duplicate of the holder's pidfd (call with the lock held),
+        for joining ``kinds``: it stays valid, and names the holder, even if
+        stop() closes ours.  (The join may make children of ours members.)"""
         self._require_running()
         assert self._holder is not None
+        self._need_lifeline(kinds)
         return self._holder.dup_pidfd()
 
     @property
@@ -819,10 +821,8 @@ class Pod:
         See :func:`nsbox.joined` for the per-thread rules.
         """
         join = self._join_kinds(kinds or None, for_thread=True)
-        with self._lock:
-            self._require_running()
-            self._need_lifeline(join)
-        with _joined(self, join):
+        self._require_running()
+        with _joined(self, join):  # (the lifeline is taken with the pidfd it joins: _dup_pidfd)
             yield self
 
     # ---- members -----------------------------------------------------------

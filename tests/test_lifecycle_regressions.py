@@ -122,6 +122,9 @@ def test_a_callback_raising_systemexit_kills_the_watcher_for_every_pod():
 
 
 FORK_IN_BEGIN = """
+    # The lifeline made by this process (the way taken where pidfd_getfd is
+    # refused): its write end passes through here at each holder's start.
+    nsbox.holder._getfd_refused = True
     kept = []
     orig = os.pipe2
     def pipe2(flags):

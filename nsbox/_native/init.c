@@ -25,6 +25,7 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -134,14 +135,22 @@ static void reap(void)
 
 static int setup_signals(sigset_t *set)
 {
+	/* Every signal, by raw system calls: the C library's sigfillset()
+	 * leaves out the signals it keeps for itself (32 and 33 with glibc,
+	 * 32-34 with musl), and unblocked with their default action they
+	 * would kill a holder that is not a PID namespace's init. */
+	uint64_t mask = ~(uint64_t)0;
+
 	sigfillset(set);
-	for (size_t i = 0; i < sizeof(kernel_signals) / sizeof(kernel_signals[0]); i++)
+	for (size_t i = 0; i < sizeof(kernel_signals) / sizeof(kernel_signals[0]); i++) {
 		sigdelset(set, kernel_signals[i]);
-	if (sigprocmask(SIG_SETMASK, set, NULL) < 0) {
+		mask &= ~((uint64_t)1 << (kernel_signals[i] - 1));
+	}
+	if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, &mask, NULL, sizeof(mask)) < 0) {
 		perror("nsbox-init: failed to block signals");
 		return -1;
 	}
-	int fd = signalfd(-1, set, SFD_CLOEXEC | SFD_NONBLOCK);
+	int fd = (int)syscall(SYS_signalfd4, -1, &mask, sizeof(mask), SFD_CLOEXEC | SFD_NONBLOCK);
 	if (fd < 0)
 		perror("nsbox-init: failed to create signalfd");
 	return fd;

@@ -134,7 +134,7 @@ def wait_gone(rtnl: Rtnl, indexes: Iterable[int], timeout: float) -> None:
     every one each time was 300 round trips a poll for 10,000 pods, and a
     fixed deadline gave up while the kernel was still busy: the links left
     were then deleted one by one, each waiting for an RCU grace period."""
-    pending = [i for i in indexes if i]
+    pending = list(dict.fromkeys(i for i in indexes if i))  # (a repeated index is no progress)
     progress = time.monotonic()
     delay = 0.0005
     while pending:
@@ -230,13 +230,17 @@ def create_pair(host: Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Optiona
         errors = host.run(reqs)
         err = errors[0]
         if err is None:
-            failed = next((e for e in errors[1:] if e is not None), None)
-            if failed is None and quiet:
-                _disable_ipv6(name)
-                failed = host.run(up)[0]
-            if failed is not None:
+            try:
+                failed = next((e for e in errors[1:] if e is not None), None)
+                if failed is None and quiet:
+                    if not _disable_ipv6(name):  # (a read-only /proc/sys: the old way, addrgenmode none)
+                        up = msg.link_up(index, name, no_ipv6_ll=not ipv6)
+                    failed = next((e for e in host.run(up) if e is not None), None)
+                if failed is not None:
+                    raise failed
+            except BaseException:
                 host.run([msg.link_del(name, index)])  # (takes the pod end along)
-                raise failed
+                raise
             return name, index, peer_index
         if err.errno == errno.EBUSY and peer_index:
             peer_index = 0  # something took that ifindex in the pod: let the kernel choose
@@ -254,14 +258,19 @@ def _at_home(host: Rtnl) -> bool:
     return host.is_shared and os.stat("/proc/thread-self/ns/net").st_ino == HOME_INO
 
 
-def _disable_ipv6(name: str) -> None:
-    """net.ipv6.conf.NAME.disable_ipv6 = 1 (not settable over rtnetlink)."""
+def _disable_ipv6(name: str) -> bool:
+    """net.ipv6.conf.NAME.disable_ipv6 = 1 (not settable over rtnetlink);
+    False if that cannot be done (a kernel without IPv6, a read-only
+    /proc/sys as in most containers): best effort."""
     try:
         fd = os.open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", os.O_WRONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return  # a kernel without IPv6 (ipv6.disable=1)
+    except OSError:
+        return False
     try:
         os.write(fd, b"1")
+        return True
+    except OSError:
+        return False
     finally:
         os.close(fd)
 

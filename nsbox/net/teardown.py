@@ -99,13 +99,13 @@ def settle(timeout: float = 10.0) -> None:
 
 
 def retry_settled(fn: Callable[[], T]) -> T:
-    """``fn()``; if it fails because an address, name or host port is taken
-    while teardowns are pending (a stopped pod of this process may still
-    hold it), settle them and try once more."""
+    """``fn()``; if it fails because an address, name, host port or bridge
+    port is taken while teardowns are pending (a stopped pod of this process
+    may still hold it), settle them and try once more."""
     try:
         return fn()
     except NetworkError as e:
-        if e.errno not in (errno.EADDRINUSE, errno.EEXIST) or not pending():
+        if e.errno not in (errno.EADDRINUSE, errno.EEXIST, errno.EXFULL) or not pending():
             raise
     settle()
     return fn()

@@ -1,0 +1,139 @@
+"""Regressions found by the review of issue 13's changes (scale): each
+failed before its fix."""
+import errno
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+import nsbox
+import nsbox.holder
+from nsbox import _syscalls
+from nsbox.net import link
+from helpers import proc_state, wait_until
+
+
+def _refuse_getfd(monkeypatch):
+    monkeypatch.setattr(nsbox.holder, "_getfd_refused", False)
+
+    def refused(pidfd, fd):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(_syscalls, "pidfd_getfd", refused)
+
+
+def test_pidfd_getfd_refused_the_pod_still_ends_and_later_pods_get_a_lifeline_of_ours(monkeypatch):
+    # Docker's default seccomp profile refuses pidfd_getfd without
+    # CAP_SYS_PTRACE.  A pod that could not take its lifeline still ends on
+    # wait() (/proc says its holder is exiting), and pods started after
+    # that get a lifeline this process makes, noticed at once.
+    _refuse_getfd(monkeypatch)
+    a = nsbox.Pod().start()
+    try:
+        member = a.spawn(["sleep", "60"])
+        assert nsbox.holder._getfd_refused
+        os.kill(a.pid, signal.SIGKILL)
+        assert a.wait(timeout=5) == -signal.SIGKILL
+        assert member.poll() == -signal.SIGKILL
+    finally:
+        a.stop()
+    b = nsbox.Pod().start()
+    seen = []
+    b.add_done_callback(lambda p: seen.append(p.status().state))
+    try:
+        b.spawn(["sleep", "60"])
+        os.kill(b.pid, signal.SIGKILL)
+        assert wait_until(lambda: seen, timeout=2.0)
+        assert seen == ["exited"]
+    finally:
+        b.stop()
+
+
+def test_a_read_only_proc_sys_does_not_fail_pods(monkeypatch):
+    # /proc/sys is read-only in most containers: disabling IPv6 on the host
+    # end is best effort, and the link then gets addrgenmode none as before.
+    real_open = os.open
+
+    def read_only(path, *a, **k):
+        if "disable_ipv6" in str(path):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(link.os, "open", read_only)
+    with nsbox.Pod(network=nsbox.Veth(address="10.223.1.2/24", host_address="10.223.1.1/24")) as pod:
+        monkeypatch.undo()
+        shown = subprocess.run(["ip", "-6", "addr", "show", "dev", pod.host_ifname], capture_output=True, text=True)
+        assert "fe80" not in shown.stdout
+        assert pod.run(["ping", "-c", "1", "-W", "2", "10.223.1.1"], capture_output=True).returncode == 0
+
+
+def test_a_stray_child_of_nsbox_joined_pod_is_noticed_at_once():
+    # nsbox.joined(pod, "pid") is pod.joined("pid"): it takes the lifeline too.
+    pod = nsbox.Pod().start()
+    seen = []
+    pod.add_done_callback(lambda p: seen.append(p.status().state))
+    box = {}
+
+    def inside():
+        with nsbox.joined(pod, "pid"):
+            box["p"] = subprocess.Popen(["sleep", "60"])
+
+    t = threading.Thread(target=inside)
+    t.start()
+    t.join()
+    os.kill(pod.pid, signal.SIGKILL)
+    try:
+        assert wait_until(lambda: seen, timeout=2.0)
+        assert proc_state(box["p"].pid) is None
+    finally:
+        pod.stop()
+
+
+def test_a_stray_child_joined_by_pid_does_not_hang_wait():
+    # By PID nsbox cannot know the pod: no lifeline, but wait() still sees
+    # the holder exiting (/proc) and reaps the stray that blocks it.
+    pod = nsbox.Pod().start()
+    box = {}
+
+    def inside():
+        with nsbox.joined(pod.pid, "pid"):
+            box["p"] = subprocess.Popen(["sleep", "60"])
+
+    t = threading.Thread(target=inside)
+    t.start()
+    t.join()
+    os.kill(pod.pid, signal.SIGKILL)
+    try:
+        assert pod.wait(timeout=5) == -signal.SIGKILL
+        assert proc_state(box["p"].pid) is None
+    finally:
+        pod.stop()
+
+
+def test_wait_gone_with_a_repeated_index_ends():
+    with nsbox.net.rtnl.Rtnl() as r:
+        t = time.monotonic()
+        link.wait_gone(r, [1, 1], 0.1)  # lo: never gone
+        assert time.monotonic() - t < 5
+
+
+@pytest.mark.parametrize("sig", [32, 33, 34])
+def test_a_holder_without_a_pid_namespace_ignores_libc_reserved_signals(sig):
+    # sigfillset() leaves out the C library's own signals: unblocked with
+    # their default action, they killed a holder that is not PID 1.
+    with nsbox.Pod(kinds=("uts",), hostname="sigs") as pod:
+        time.sleep(0.1)
+        os.kill(pod.pid, sig)
+        time.sleep(0.2)
+        assert pod.alive
+
+
+def test_lifeline_fd_may_not_clobber_other_fds():
+    from nsbox import _clone
+
+    r = _clone.SpawnRequest(exec_paths=[b"/bin/true"], argv=[b"true"], extra_fds=[(0, 4)], lifeline_fd=3)
+    with pytest.raises(ValueError, match="lifeline_fd"):
+        _clone.spawn(r)
