@@ -75,6 +75,15 @@ def _forget_creator() -> None:
 
 os.register_at_fork(after_in_child=_forget_creator)
 
+def _lifeline_ends_match(pid: int) -> bool:
+    """True if fds 4 and 5 of ``pid`` are the two ends of one pipe."""
+    try:
+        w, r = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (_LIFELINE_FD, _LIFELINE_FD + 1))
+    except OSError:
+        return False
+    return w == r and w.startswith("pipe:")
+
+
 def creator_pidfd() -> int:
     """A pidfd on this process, opened once and shared by all its holders."""
     global _creator
@@ -118,7 +127,8 @@ class Holder:
         except ProcessLookupError:
             pidfd = -1
         # Pinned by the pidfd now: is it still the holder the record names?
-        if pidfd < 0 or _proc.owner(pid) != (pid, start_time):
+        st = _proc.stat(pid) if pidfd >= 0 else None
+        if st is None or st.state == "Z" or st.start_time != start_time:
             if pidfd >= 0:
                 os.close(pidfd)
             raise NotRunningError(errno.ESRCH, f"the holder (PID {pid}) has exited")
@@ -127,7 +137,9 @@ class Holder:
         holder.kinds = kinds
         holder.pid = pid
         holder.pidfd = _syscalls.park(pidfd)
-        holder.ours = False
+        # A persistent pod this process started, attached again: our child,
+        # whose lifeline (fds 4 and 5, one pipe) it may take like its own.
+        holder.ours = st.ppid == os.getpid() and _lifeline_ends_match(pid)
         holder.lifeline = -1
         holder.returncode = None
         return holder

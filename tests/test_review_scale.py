@@ -137,3 +137,21 @@ def test_lifeline_fd_may_not_clobber_other_fds():
     r = _clone.SpawnRequest(exec_paths=[b"/bin/true"], argv=[b"true"], extra_fds=[(0, 4)], lifeline_fd=3)
     with pytest.raises(ValueError, match="lifeline_fd"):
         _clone.spawn(r)
+
+
+def test_our_own_persistent_pod_attached_again_takes_its_lifeline():
+    # Pod.attach() of a pod this process started: the holder is our child,
+    # its members (spawned through the second object) block its exit, so the
+    # second object takes the lifeline too.
+    first = nsbox.Pod(name="nsbt-own-attach", persist=True).start()
+    try:
+        again = nsbox.Pod.attach("nsbt-own-attach")
+        seen = []
+        again.add_done_callback(lambda p: seen.append(p.status().state))
+        again.spawn(["sleep", "60"])
+        assert again._holder.lifeline >= 0
+        os.kill(again.pid, signal.SIGKILL)
+        assert wait_until(lambda: seen, timeout=2.0)
+    finally:
+        first.stop()
+        first.remove()
