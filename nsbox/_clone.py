@@ -111,9 +111,10 @@ def _request(r: SpawnRequest, keep: list) -> Any:
     extra = list(r.extra_fds) + [(-1, -1)] * (2 - len(r.extra_fds))
     req.extra_fd_src = [src for src, _ in extra]
     req.extra_fd_dst = [dst for _, dst in extra]
-    if r.lifeline_fd >= 0 and (r.lifeline_fd < 3 or {r.lifeline_fd, r.lifeline_fd + 1}
+    # (The child moves its own fds to 10 and up before it installs these.)
+    if r.lifeline_fd >= 0 and (r.lifeline_fd < 3 or r.lifeline_fd + 1 >= 10 or {r.lifeline_fd, r.lifeline_fd + 1}
                                & ({dst for _, dst in r.extra_fds} | set(r.keep_fds))):
-        raise ValueError("lifeline_fd and lifeline_fd + 1 must be >= 3 and not be extra or kept fds")
+        raise ValueError("lifeline_fd and lifeline_fd + 1 must be in 3..9 and not be extra or kept fds")
     req.lifeline_fd = r.lifeline_fd
     keep_fds = sorted(set(int(fd) for fd in r.keep_fds))
     kf = ffi.new("int[]", keep_fds or [0])

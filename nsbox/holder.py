@@ -196,18 +196,21 @@ class Holder:
                 # else exiting (ESRCH, EBADF): its pidfd says when it is gone
         return self.lifeline
 
-    def exiting(self) -> bool:
+    def exiting(self, deep: bool = True) -> bool:
         """True once the holder has started to exit (or has exited): its
-        lifeline reports EOF; without one, ``/proc`` says so (our unreaped
-        child: its PID is still its own)."""
+        lifeline reports EOF, or its pidfd that it has exited; ``deep``
+        (not for a mere snapshot): else ``/proc`` says it is inside exit() --
+        for a holder without a lifeline of ours, or one whose lifeline a
+        copy of its write end keeps open.  (The init of a PID namespace
+        finishes exiting only once children of ours in it are reaped.)"""
         if self.lifeline >= 0 and _syscalls.fd_readable(self.lifeline):
             return True
-        if not self.alive:
+        if not deep:
+            return not self.alive
+        st = _proc.stat(self.pid)
+        if not self.alive:  # (asked after the read: alive now, the PID was still its own then)
             return True
-        if self.lifeline < 0 and self.ours:
-            st = _proc.stat(self.pid)
-            return st is not None and bool(st.flags & _proc.PF_EXITING)
-        return False
+        return st is not None and bool(st.flags & _proc.PF_EXITING)
 
     def finish(self) -> None:
         """Wait until the holder has exec'd.  If a step before its exec
@@ -339,6 +342,7 @@ def begin_holder(
     """
     _syscalls.require_kernel()
     creator = creator_pidfd()
+    assert lifeline or lifeline_source < 0, "lifeline_source needs lifeline=True"
     ours = lifeline_source >= 0
     key = (INIT_PATH, kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline, ours, tied)
     prepared = _prepared.get(key)

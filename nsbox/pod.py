@@ -665,7 +665,7 @@ class Pod:
             holder = self._holder
             state = self._state
             self._note_start_time()
-            if state == "running" and holder is not None and holder.exiting():
+            if state == "running" and holder is not None and holder.exiting(deep=False):
                 state = "exited"  # (being noticed right now)
             elif state == "stopped" and not self._stop_requested:
                 state = "exited"

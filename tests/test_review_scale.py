@@ -4,6 +4,7 @@ import errno
 import os
 import signal
 import subprocess
+import textwrap
 import threading
 import time
 
@@ -13,7 +14,40 @@ import nsbox
 import nsbox.holder
 from nsbox import _syscalls
 from nsbox.net import link
-from helpers import proc_state, wait_until
+from helpers import proc_state, run_python, wait_until
+
+
+def _getfd_allowed() -> bool:
+    """pidfd_getfd works here (no seccomp filter or LSM refusing it)."""
+    me = _syscalls.pidfd_open(os.getpid())
+    try:
+        os.close(_syscalls.pidfd_getfd(me, 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(me)
+
+
+needs_getfd = pytest.mark.skipif(not _getfd_allowed(), reason="pidfd_getfd is refused here")
+
+
+def _stray_in(target, box):
+    """A plain subprocess started inside ``nsbox.joined(target, "pid")`` on
+    another thread: a child of ours in the pod's PID namespace."""
+    def inside():
+        with nsbox.joined(target, "pid"):
+            box["p"] = subprocess.Popen(["sleep", "60"])
+
+    t = threading.Thread(target=inside)
+    t.start()
+    t.join()
+
+
+def _forget(proc):
+    """nsbox reaped it behind subprocess's back: say so, or subprocess may
+    later waitpid() a PID that names another process."""
+    proc.returncode = -signal.SIGKILL
 
 
 def _refuse_getfd(monkeypatch):
@@ -28,18 +62,21 @@ def _refuse_getfd(monkeypatch):
 def test_pidfd_getfd_refused_the_pod_still_ends_and_later_pods_get_a_lifeline_of_ours(monkeypatch):
     # Docker's default seccomp profile refuses pidfd_getfd without
     # CAP_SYS_PTRACE.  A pod that could not take its lifeline still ends on
-    # wait() (/proc says its holder is exiting), and pods started after
-    # that get a lifeline this process makes, noticed at once.
+    # wait() (/proc says its holder is exiting; the stray child of ours that
+    # keeps it from finishing is then reaped), and pods started after that
+    # get a lifeline this process makes, noticed at once.
     _refuse_getfd(monkeypatch)
     a = nsbox.Pod().start()
+    box: dict = {}
     try:
-        member = a.spawn(["sleep", "60"])
+        _stray_in(a, box)
         assert nsbox.holder._getfd_refused
         os.kill(a.pid, signal.SIGKILL)
         assert a.wait(timeout=5) == -signal.SIGKILL
-        assert member.poll() == -signal.SIGKILL
+        assert proc_state(box["p"].pid) is None
     finally:
         a.stop()
+        _forget(box["p"])
     b = nsbox.Pod().start()
     seen = []
     b.add_done_callback(lambda p: seen.append(p.status().state))
@@ -70,47 +107,58 @@ def test_a_read_only_proc_sys_does_not_fail_pods(monkeypatch):
         assert pod.run(["ping", "-c", "1", "-W", "2", "10.223.1.1"], capture_output=True).returncode == 0
 
 
+@needs_getfd
 def test_a_stray_child_of_nsbox_joined_pod_is_noticed_at_once():
     # nsbox.joined(pod, "pid") is pod.joined("pid"): it takes the lifeline too.
     pod = nsbox.Pod().start()
     seen = []
     pod.add_done_callback(lambda p: seen.append(p.status().state))
-    box = {}
-
-    def inside():
-        with nsbox.joined(pod, "pid"):
-            box["p"] = subprocess.Popen(["sleep", "60"])
-
-    t = threading.Thread(target=inside)
-    t.start()
-    t.join()
+    box: dict = {}
+    _stray_in(pod, box)
     os.kill(pod.pid, signal.SIGKILL)
     try:
         assert wait_until(lambda: seen, timeout=2.0)
         assert proc_state(box["p"].pid) is None
     finally:
         pod.stop()
+        _forget(box["p"])
 
 
 def test_a_stray_child_joined_by_pid_does_not_hang_wait():
     # By PID nsbox cannot know the pod: no lifeline, but wait() still sees
     # the holder exiting (/proc) and reaps the stray that blocks it.
     pod = nsbox.Pod().start()
-    box = {}
-
-    def inside():
-        with nsbox.joined(pod.pid, "pid"):
-            box["p"] = subprocess.Popen(["sleep", "60"])
-
-    t = threading.Thread(target=inside)
-    t.start()
-    t.join()
+    box: dict = {}
+    _stray_in(pod.pid, box)
     os.kill(pod.pid, signal.SIGKILL)
     try:
         assert pod.wait(timeout=5) == -signal.SIGKILL
         assert proc_state(box["p"].pid) is None
     finally:
         pod.stop()
+        _forget(box["p"])
+
+
+def test_a_stray_child_in_an_attached_pod_of_another_process_does_not_hang_wait():
+    # The holder is not our child (its creator was another process): no
+    # lifeline to take; wait() reads /proc all the same.
+    r = run_python(textwrap.dedent("""
+        import nsbox
+        print(nsbox.Pod(name="nsbt-other-attach", persist=True).start().pid)
+    """))
+    assert r.returncode == 0, r.stderr
+    pod = nsbox.Pod.attach("nsbt-other-attach")
+    box: dict = {}
+    try:
+        _stray_in(pod, box)
+        os.kill(pod.pid, signal.SIGKILL)
+        pod.wait(timeout=5)  # (its exit status is its parent's to know)
+        assert proc_state(box["p"].pid) is None
+    finally:
+        pod.stop()
+        pod.remove()
+        if "p" in box:
+            _forget(box["p"])
 
 
 def test_wait_gone_with_a_repeated_index_ends():
@@ -139,6 +187,7 @@ def test_lifeline_fd_may_not_clobber_other_fds():
         _clone.spawn(r)
 
 
+@needs_getfd
 def test_our_own_persistent_pod_attached_again_takes_its_lifeline():
     # Pod.attach() of a pod this process started: the holder is our child,
     # its members (spawned through the second object) block its exit, so the
@@ -155,3 +204,14 @@ def test_our_own_persistent_pod_attached_again_takes_its_lifeline():
     finally:
         first.stop()
         first.remove()
+
+
+@pytest.mark.parametrize("kinds", [("uts",), ("pid", "uts")])
+def test_a_holder_blocks_every_signal_but_the_kernels(kinds):
+    # All 64, the C library's own included; not SIGILL, SIGBUS, SIGFPE,
+    # SIGSEGV (the kernel's: see init.c); SIGKILL and SIGSTOP cannot be.
+    with nsbox.Pod(kinds=kinds, hostname="mask") as pod:
+        time.sleep(0.1)
+        with open(f"/proc/{pod.pid}/status") as f:
+            blocked = next(line.split()[1] for line in f if line.startswith("SigBlk:"))
+        assert blocked == "fffffffffffbfa37"

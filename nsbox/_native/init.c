@@ -25,7 +25,6 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
-#include <stdint.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -138,19 +137,17 @@ static int setup_signals(sigset_t *set)
 	/* Every signal, by raw system calls: the C library's sigfillset()
 	 * leaves out the signals it keeps for itself (32 and 33 with glibc,
 	 * 32-34 with musl), and unblocked with their default action they
-	 * would kill a holder that is not a PID namespace's init. */
-	uint64_t mask = ~(uint64_t)0;
-
-	sigfillset(set);
-	for (size_t i = 0; i < sizeof(kernel_signals) / sizeof(kernel_signals[0]); i++) {
+	 * would kill a holder that is not a PID namespace's init.  (A sigset_t
+	 * filled by hand has the kernel's layout; the kernel's size of it is
+	 * (_NSIG - 1) / 8 bytes.) */
+	memset(set, 0xff, sizeof(*set));
+	for (size_t i = 0; i < sizeof(kernel_signals) / sizeof(kernel_signals[0]); i++)
 		sigdelset(set, kernel_signals[i]);
-		mask &= ~((uint64_t)1 << (kernel_signals[i] - 1));
-	}
-	if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, &mask, NULL, sizeof(mask)) < 0) {
+	if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, set, NULL, (size_t)(_NSIG - 1) / 8) < 0) {
 		perror("nsbox-init: failed to block signals");
 		return -1;
 	}
-	int fd = (int)syscall(SYS_signalfd4, -1, &mask, sizeof(mask), SFD_CLOEXEC | SFD_NONBLOCK);
+	int fd = (int)syscall(SYS_signalfd4, -1, set, (size_t)(_NSIG - 1) / 8, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (fd < 0)
 		perror("nsbox-init: failed to create signalfd");
 	return fd;

@@ -451,6 +451,14 @@ static int child_main(void *arg)
 	if (!r->keep_signals_blocked) {
 		sigemptyset(&empty);
 		sigprocmask(SIG_SETMASK, &empty, NULL);
+	} else {
+		/* Every signal, the C library's own included (its sigfillset()
+		 * leaves them out): none may kill the program before it takes
+		 * them over.  Raw, for the reason above. */
+		sigset_t all;
+
+		memset(&all, 0xff, sizeof(all));
+		syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, (size_t)(_NSIG - 1) / 8);
 	}
 
 	for (const char *const *p = r->exec_paths; *p; p++) {

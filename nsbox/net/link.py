@@ -260,10 +260,13 @@ def _at_home(host: Rtnl) -> bool:
 
 def _disable_ipv6(name: str) -> bool:
     """net.ipv6.conf.NAME.disable_ipv6 = 1 (not settable over rtnetlink);
-    False if that cannot be done (a kernel without IPv6, a read-only
-    /proc/sys as in most containers): best effort."""
+    True if done or nothing to do (a kernel without IPv6: ipv6.disable=1),
+    False if it cannot be done (a read-only /proc/sys, as in most
+    containers): best effort."""
     try:
         fd = os.open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return not os.path.isdir("/proc/sys/net/ipv6")
     except OSError:
         return False
     try:
