@@ -49,14 +49,32 @@ _getfd_refused = False
 _no_fork = threading.Lock()
 
 
+# Whether this thread's os.fork() took _no_fork: an exception in the
+# before-fork hook (Ctrl-C while waiting for the lock) is only logged by
+# CPython, which forks anyway; the after-fork hook must then not release a
+# lock that another thread holds.
+_fork_hook = threading.local()
+
+
+def _no_fork_before() -> None:
+    _no_fork.acquire()
+    _fork_hook.held = True
+
+
+def _no_fork_in_parent() -> None:
+    if getattr(_fork_hook, "held", False):
+        _fork_hook.held = False
+        _no_fork.release()
+
+
 def _no_fork_in_child() -> None:
     global _no_fork
     _no_fork = threading.Lock()
+    _fork_hook.held = False
 
 
 # (Looked up at each fork: the child gets a fresh lock, the held copy is dropped.)
-os.register_at_fork(before=lambda: _no_fork.acquire(), after_in_parent=lambda: _no_fork.release(),
-                    after_in_child=_no_fork_in_child)
+os.register_at_fork(before=_no_fork_before, after_in_parent=_no_fork_in_parent, after_in_child=_no_fork_in_child)
 
 _creator_lock = threading.Lock()
 _creator: Optional[tuple[int, int]] = None  # (pid, pidfd of this process)
