@@ -68,7 +68,7 @@ def test_a_container_joins_a_user_namespace_pod(runtime, tmp_path):
 
 import itertools  # noqa: E402
 
-from test_cni import PLUGINS, RECORDER, Net, cni_rules, state_dirs  # noqa: E402
+from test_cni import Net, cni_rules, recorder, state_dirs  # noqa: E402,F401 (recorder: test_cni's fixture)
 
 _numbers = itertools.count(200)
 
@@ -82,23 +82,6 @@ def net(tmp_path):
     assert n.leases() == [], "host-local leases left"
     assert cni_rules(["nsbox-"]) == [], "iptables rules of CNI attachments left"
     assert state_dirs() == [], "CNI state directories left"
-
-
-@pytest.fixture
-def recorder(tmp_path):
-    import sys
-
-    d = tmp_path / "plugins"
-    d.mkdir()
-    log = tmp_path / "calls.jsonl"
-    plugin = d / "recorder"
-    plugin.write_text(RECORDER.format(python=sys.executable, log=str(log)))
-    plugin.chmod(0o755)
-
-    def calls():
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-    return [str(d), PLUGINS], calls
 
 
 def test_plugins_of_a_nested_pod_are_spawned_without_python_between_fork_and_exec(net, monkeypatch):
@@ -151,7 +134,7 @@ def test_a_pin_copied_into_a_pods_mount_namespace_goes_at_del(net):
             assert cid not in f.read()
 
 
-def test_a_hanging_plugin_times_out_and_everything_is_deleted(net, recorder, monkeypatch):
+def test_a_hanging_plugin_times_out_and_everything_is_deleted(net, recorder, monkeypatch):  # noqa: F811
     import errno
 
     import nsbox.net.cni as cni

@@ -302,6 +302,16 @@ def _netns_id(netns_fd: int) -> tuple[int, int]:
 # ---- many at once -------------------------------------------------------------------
 
 
+def _by_host_netns(attachments: Iterable[Attachment]) -> list[list[Attachment]]:
+    """The attachments with a veth of nsbox's still to tear down, grouped by
+    the namespace their host side lives in."""
+    groups: dict[tuple[int, int], list[Attachment]] = {}
+    for att in attachments:
+        if not att.detached and att.HAS_LINK:
+            groups.setdefault(att.host_netns_id, []).append(att)
+    return list(groups.values())
+
+
 def unaddress_all(attachments: Sequence[Attachment]) -> None:
     """Before many pods' namespaces go: delete their veth host ends'
     addresses, in batches (best effort: what fails here goes with the link).
@@ -311,12 +321,8 @@ def unaddress_all(attachments: Sequence[Attachment]) -> None:
     pods, 10,000 walks of a 20,000-route table, a quarter of all CPU time and
     most of ``stop_all``'s 14 s.  An address deleted first takes its own
     routes along, and the link then goes without a flush."""
-    by_netns: dict[tuple[int, int], list[Attachment]] = {}
-    for att in attachments:
-        if (not att.detached and att.HAS_LINK and att.host_index and att.host_address is not None
-                and att.route_ifname == att.host_ifname):  # (a bridge's address is not the pod's)
-            by_netns.setdefault(att.host_netns_id, []).append(att)
-    for group in by_netns.values():
+    for group in _by_host_netns(a for a in attachments if a.host_index and a.host_address is not None
+                                and a.route_ifname == a.host_ifname):  # (a bridge's address is not the pod's)
         try:
             with group[0]._host() as host:
                 for i in range(0, len(group), 256):
@@ -334,11 +340,7 @@ def detach_all(attachments: Sequence[Attachment], wait: float = KERNEL_CLEANUP) 
     (something else may keep a namespace alive) and release leases and
     rules."""
     gone: set[int] = set()
-    by_netns: dict[tuple[int, int], list[Attachment]] = {}
-    for att in attachments:
-        if not att.detached and att.HAS_LINK:
-            by_netns.setdefault(att.host_netns_id, []).append(att)
-    for group in by_netns.values():
+    for group in _by_host_netns(attachments):
         try:
             with group[0]._host() as host:
                 indexes = [a.host_index for a in group if a.host_index]
