@@ -118,8 +118,8 @@ def test_lease_of_a_dead_holder_is_reclaimed(bridge):
     )
     r = run_python(script, bridge.name, str(bridge.subnet))
     stale_ip, stale_link = r.stdout.split()
-    lease = bridge._ipam.dir / stale_ip
-    assert lease.exists()  # left behind by the killed creator
+    stale = ipaddress.ip_address(stale_ip)
+    assert bridge._ipam.recorded(stale) is not None  # left behind by the killed creator
     import time
 
     deadline = time.monotonic() + 5
@@ -128,7 +128,7 @@ def test_lease_of_a_dead_holder_is_reclaimed(bridge):
     with nsbox.Pod(network=bridge) as pod:
         assert str(pod.address.ip) == stale_ip  # reclaimed: its holder is dead
     nsbox.net.settle()  # (the host side goes in the background)
-    assert not lease.exists()
+    assert bridge._ipam.recorded(stale) is None
 
 
 def test_requested_address(bridge):
@@ -343,3 +343,56 @@ def test_a_bridge_gone_behind_our_back_is_made_again(bridge, replace):
         if replace != "deleted":
             subprocess.run(["ip", "link", "del", bridge.name], check=True)
     assert a.returncode == 0
+
+
+def test_ipam_slots_far_addresses_and_sweep(tmp_path, monkeypatch):
+    # Leases live in one file of fixed slots per bridge and subnet (no file
+    # made per pod); an address past the slots (far into an IPv6 subnet)
+    # gets a file of its own; dead owners are swept from both; nothing is
+    # left once the last lease goes.
+    from nsbox.net import ipam as ipam_mod
+    from nsbox.net.ipam import SLOT, SLOTS, Ipam, owner_of
+
+    monkeypatch.setenv("NSBOX_RUN_DIR", str(tmp_path / "run"))
+    me = owner_of(os.getpid())
+    dead = (me[0], me[1] + 1)  # this PID, another start time: a process that is gone
+    net = ipaddress.ip_network("fd00:228::/64")
+    ipam = Ipam("unit6", net, set())
+    far = net.network_address + 1 + SLOTS + 5
+    with ipam.locked():
+        near = ipam.allocate(me)
+        assert near == net.network_address + 1
+        assert ipam.allocate(me, far) == far
+        ipam._put(net.network_address + 3, dead)
+        ipam._put(far + 1, dead)
+        assert sorted(os.listdir(ipam.dir)) == sorted([f"slots-{net.network_address}_64", str(far), str(far + 1)])
+        assert ipam.live_leases() == {near: me, far: me}
+        with pytest.raises(nsbox.NetworkError, match="in use"):
+            ipam.allocate(me, far)
+        assert ipam.allocate(dead, net.network_address + 2)  # a candidate not ours, free
+    assert sorted(ipam_mod.sweep()) == sorted(
+        [f"lease {net.network_address + 3} of bridge unit6 (holder {me[0]} is gone)",
+         f"lease {far + 1} of bridge unit6 (holder {me[0]} is gone)",
+         f"lease {net.network_address + 2} of bridge unit6 (holder {me[0]} is gone)"])
+    slots = ipam.dir / f"slots-{net.network_address}_64"
+    assert slots.stat().st_size == SLOT  # cut after the last lease: only `near` is left
+    for addr in (far, near):
+        ipam.release(addr, me)
+    assert not (tmp_path / "run" / "ipam").exists()
+
+
+def test_ipam_of_a_bridge_name_reused_for_another_subnet(tmp_path, monkeypatch):
+    from nsbox.net.ipam import Ipam, owner_of
+
+    monkeypatch.setenv("NSBOX_RUN_DIR", str(tmp_path / "run"))
+    me = owner_of(os.getpid())
+    old = Ipam("unit", ipaddress.ip_network("10.228.1.0/24"), set())
+    new = Ipam("unit", ipaddress.ip_network("10.228.2.0/24"), set())
+    with old.locked():
+        a = old.allocate(me)
+        assert new.live_leases() == {}  # the other subnet's slots are not read as this one's
+        b = new.allocate(me)
+        assert str(b) == "10.228.2.1" and old.live_leases() == {a: me}
+    old.release(a, me)
+    new.release(b, me)
+    assert not (tmp_path / "run" / "ipam").exists()

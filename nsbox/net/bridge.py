@@ -141,7 +141,7 @@ class Bridge(NetworkConfig):
                 with self._ipam.locked():
                     bridge_index, known = self._bridge_index(host, fresh)
                     lease = self._ipam.lease(owner, self.address.ip if self.address else None)
-                address = ipaddress.ip_interface(f"{lease.address}/{self.subnet.prefixlen}")
+                address = ipaddress.ip_interface((lease.address, self.subnet.prefixlen))
                 try:
                     return attach(host, pod_netns_fd, ifname=self.ifname, address=address,
                                   host_ifname=self.host_ifname, host_address=self.gateway,

@@ -132,8 +132,14 @@ def veth(name: str, peer: str, peer_netns_fd: int, *, mtu: Optional[int] = None,
 
 def _veth_msg(name: str, peer: str, peer_netns_fd: int, mtu: Optional[int], mac: Optional[str],
               peer_mac: Optional[str], master: Optional[int], index: int, peer_index: int) -> Any:
-    peer_attrs: list = [("IFLA_IFNAME", peer), ("IFLA_NET_NS_FD", peer_netns_fd)]
-    attrs: list = [("IFLA_IFNAME", name)]
+    # One queue each way, asked for at creation: else the kernel allocates
+    # one per CPU and then cuts the real number to one, which waits for an
+    # expedited RCU grace period per end (synchronize_net, under rtnl) --
+    # the creator's longest sleep per pod, and longer the busier the CPUs
+    # (issue 13).  One queue is what a veth uses by default anyway.
+    queues = [("IFLA_NUM_TX_QUEUES", 1), ("IFLA_NUM_RX_QUEUES", 1)]
+    peer_attrs: list = [("IFLA_IFNAME", peer), ("IFLA_NET_NS_FD", peer_netns_fd), *queues]
+    attrs: list = [("IFLA_IFNAME", name), *queues]
     if mtu:
         attrs.append(("IFLA_MTU", mtu))
         peer_attrs.append(("IFLA_MTU", mtu))

@@ -28,8 +28,11 @@ def locked() -> Iterator[Path]:
     """Hold the state lock (threads and processes alike); yields the directory."""
     root = run_dir()
     try:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise NetworkError(e.errno, f"cannot open nsbox's state directory {root}: {e.strerror}") from None
     try:
