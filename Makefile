@@ -19,7 +19,7 @@ APT_PACKAGES := gcc libc6-dev musl-tools python3-dev libcap-dev procps iproute2 
 SOURCES := $(shell find nsbox -name '*.py' -o -name '*.c' -o -name '*.h' -o -name '*.cdef') setup.py pyproject.toml
 PYTEST_ARGS ?=
 # Pods alive in the bench's scale section: make bench SCALE=10000
-# (PERF=1: perf record -a -g over the last block of nsbox's run)
+# (PERF=1: perf record -a -g over the first and the last block of nsbox's run)
 SCALE ?= 1000
 PERF ?=
 # Pinned: a new release's new checks must not turn main red by themselves.

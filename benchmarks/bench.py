@@ -804,8 +804,10 @@ def scale_run(n: int, make, block: int, run_rounds: int = 0, perf: Optional[Path
     """N pods of one plan alive: per-pod times (in blocks), memory per pod
     with all N alive, optionally pod.run against subprocess.run with N alive,
     then stop_all, timed until every host link the run made is gone.
-    ``perf``: record ``perf record -a -g`` there over the last block (its
-    time is then not counted: the recorder's start-up is left out)."""
+    ``perf``: record ``perf record -a -g`` there over the last block, and
+    over the first block next to it (``<name>-first.data``): both blocks
+    then pay the recorder's overhead alike, so the growth ratio is not
+    inflated by it (the recorders' start-up is left out of the times)."""
     before = links()
     mem0 = meminfo_available_kb()
     me0 = pss_kb(os.getpid())
@@ -816,11 +818,17 @@ def scale_run(n: int, make, block: int, run_rounds: int = 0, perf: Optional[Path
     t0 = time.perf_counter()
     try:
         for i in range(n):
-            if perf is not None and i == n - block:
+            if perf is not None and i in (0, block, n - block):
                 paused = time.perf_counter()
-                perf.parent.mkdir(parents=True, exist_ok=True)
-                recorder = subprocess.Popen(["perf", "record", "-a", "-g", "-q", "-o", str(perf)])
-                time.sleep(1.5)  # (its start-up)
+                if recorder is not None:  # the first block's, done
+                    recorder.send_signal(signal.SIGINT)
+                    recorder.wait()
+                    recorder = None
+                if i != block:
+                    perf.parent.mkdir(parents=True, exist_ok=True)
+                    data = perf.with_name(f"{perf.stem}-first.data") if i == 0 else perf
+                    recorder = subprocess.Popen(["perf", "record", "-a", "-g", "-q", "-o", str(data)])
+                    time.sleep(1.5)  # (its start-up)
                 t0 += time.perf_counter() - paused
             t = time.perf_counter()
             pods.append(make())
@@ -922,7 +930,7 @@ def main() -> int:
     ap.add_argument("--scale-plans", default="",
                     help="comma-separated scale plans to run, of: nsbox, floor, nsbox bridge, floor bridge, bridge limit")
     ap.add_argument("--perf", action="store_true",
-                    help="perf record -a -g over the last block of the first nsbox scale run (results dir)")
+                    help="perf record -a -g over the first and the last block of the first nsbox scale run (results dir)")
     ap.add_argument("--only", default="", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--write-docs", action="store_true", help="also write docs/performance.md")
