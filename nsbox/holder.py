@@ -344,6 +344,7 @@ def begin_holder(
     lifeline: bool = False,
     lifeline_source: int = -1,
     tied: bool = True,
+    loopback_up: bool = True,
 ) -> _clone.PendingSpawn:
     """Clone the holder in new ``kinds`` namespaces and return at once: its
     namespaces exist (a netns can be wired) while it sets itself up and
@@ -354,7 +355,8 @@ def begin_holder(
     :meth:`Holder.take_lifeline`); with ``lifeline_source``, that fd (a
     pipe's write end) is installed as its fd 4 instead.  The holder exits when this process does, until
     :meth:`Holder.outlive_creator`; ``tied=False`` (a pod that will) only
-    keeps it off this process's stderr.
+    keeps it off this process's stderr.  ``loopback_up=False``: the caller
+    sets the new network namespace's ``lo`` up itself.
 
     Raises :class:`nsbox._clone.SpawnFailed`.
     """
@@ -362,10 +364,12 @@ def begin_holder(
     creator = creator_pidfd()
     assert lifeline or lifeline_source < 0, "lifeline_source needs lifeline=True"
     ours = lifeline_source >= 0
-    key = (INIT_PATH, kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline, ours, tied)
+    key = (INIT_PATH, kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline, ours, tied,
+           loopback_up)
     prepared = _prepared.get(key)
     if prepared is None:
-        prepared = _prepare(kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline, ours, tied)
+        prepared = _prepare(kinds, hostname, mount_proc, uid_map, gid_map, verbose, creator, lifeline, ours, tied,
+                            loopback_up)
         if len(_prepared) >= 64:
             _prepared.clear()
         _prepared[key] = prepared
@@ -379,7 +383,7 @@ os.register_at_fork(after_in_child=_prepared.clear)
 
 def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, uid_map: Optional[str],
              gid_map: Optional[str], verbose: bool, creator: int, lifeline: bool, our_lifeline: bool,
-             tied: bool) -> _clone.Prepared:
+             tied: bool, loopback_up: bool) -> _clone.Prepared:
     init = os.fsencode(INIT_PATH)
     # No readiness handshake (init's -r): the holder runs from exec on with
     # every signal blocked, so a signal sent before its signalfd exists stays
@@ -399,7 +403,7 @@ def _prepare(kinds: tuple[str, ...], hostname: Optional[str], mount_proc: bool, 
             envp=[],
             new_flags=flags_of(k for k in kinds if k in KINDS),
             hostname=hostname.encode() if hostname is not None else None,
-            loopback_up="net" in kinds,
+            loopback_up="net" in kinds and loopback_up,
             mount_proc=mount_proc,
             uid_map=uid_map.encode() if uid_map is not None else None,
             gid_map=gid_map.encode() if gid_map is not None else None,

@@ -313,7 +313,9 @@ class Pod:
     def _make_holder(self, first: bool) -> None:
         spec = self.spec
         holder = Holder.begin(spec.kinds, hostname=spec.hostname, mount_proc=spec.mount_proc,
-                              uid_map=spec.uid_map, gid_map=spec.gid_map, tied=self._persist is None)
+                              uid_map=spec.uid_map, gid_map=spec.gid_map, tied=self._persist is None,
+                              # (a Veth or Bridge as the first network sets lo up with its own requests)
+                              loopback_up=not (spec.networks and getattr(spec.networks[0], "LO_UP", False)))
         self._holder, self._pid, self._state = holder, holder.pid, "running"
         # The namespaces exist from clone on: wire them while the holder
         # sets itself up and execs on the other CPU, then wait for it.

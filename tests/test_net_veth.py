@@ -234,3 +234,15 @@ def test_host_ends_without_ipv6_of_their_own_have_it_disabled(bridge):
         assert a.run(["ping", "-c", "1", "-W", "2", "10.210.46.1"], capture_output=True).returncode == 0
         assert c.run(["ping", "-c", "1", "-W", "2", str(bridge.gateway.ip)], capture_output=True).returncode == 0
         assert b.run(["ping", "-6", "-c", "1", "-W", "2", "fd00:210:47::1"], capture_output=True).returncode == 0
+
+
+def test_lo_is_up_whoever_sets_it_up(bridge):
+    # A pod's loopback is set up by the holder before exec, or (a Veth or
+    # Bridge as its first network) in the network's own batch of pod-side
+    # requests: up either way, with its addresses.
+    for network in (None, veth(43), bridge, [bridge, veth(44, ifname="eth1")]):
+        with nsbox.Pod(network=network) as pod:
+            out = pod.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True).stdout
+            assert "127.0.0.1/8" in out, (network, out)
+            flags = pod.run(["ip", "-o", "link", "show", "dev", "lo"], capture_output=True, text=True).stdout
+            assert ",UP," in flags or ",UP>" in flags, (network, flags)

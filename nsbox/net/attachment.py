@@ -249,7 +249,8 @@ def attach(host: rt.Rtnl, pod_netns_fd: int, *, ifname: str, address: Interface,
            address_on_host_link: bool = False, gateway: Any = None, routes: Iterable[Any] = (),
            master: Optional[int] = None, route_ifname: Optional[str] = None,
            mtu: Optional[int] = None, mac: Optional[str] = None, host_mac: Optional[str] = None,
-           primary: bool = True, shaping: Shaping = _UNSHAPED, lease: Optional[Lease] = None) -> Attachment:
+           primary: bool = True, shaping: Shaping = _UNSHAPED, lease: Optional[Lease] = None,
+           lo_up: bool = False) -> Attachment:
     """Make a pod's link and return what was made; on failure undo all of it.
 
     Create the veth pair through ``host`` (the host end in ``master``, and
@@ -284,7 +285,8 @@ def attach(host: rt.Rtnl, pod_netns_fd: int, *, ifname: str, address: Interface,
         att.host_netns, att.owns_host_netns = os.dup(host.netns_fd), True
     try:
         link.configure_pod_side(pod_netns_fd, ifname, address, gateway=gateway, routes=routes,
-                                via=host_address.ip if host_address is not None else None, index=peer_index)
+                                via=host_address.ip if host_address is not None else None, index=peer_index,
+                                lo_up=lo_up)
         if shaping:
             att.apply_shaping(shaping, pod_netns_fd)
             att.shaping = shaping

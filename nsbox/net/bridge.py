@@ -102,6 +102,7 @@ class Bridge(NetworkConfig):
     # ---- pods ------------------------------------------------------------
 
     KIND = "bridge"
+    LO_UP = True
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration, JSON-able: ``network_from_dict()`` makes an equal Bridge."""
@@ -147,7 +148,7 @@ class Bridge(NetworkConfig):
                                   host_ifname=self.host_ifname, host_address=self.gateway,
                                   gateway=self.gateway.ip if primary else None, master=bridge_index,
                                   route_ifname=self.name, mtu=self.mtu, mac=self.mac, primary=primary,
-                                  shaping=self.shaping, lease=lease)
+                                  shaping=self.shaping, lease=lease, lo_up=primary)
                 except NetworkError as e:
                     if known and e.errno in (errno.EINVAL, errno.ENODEV, errno.EOPNOTSUPP):
                         continue  # the bridge we knew went (or was replaced) behind our back: look again

@@ -25,6 +25,7 @@ __all__ = ["PEER_INDEX", "link_index", "index_of", "link_name", "existing", "wai
 NAME_TRIES = 10
 # The ifindex asked for the primary pod end: a fresh namespace has only lo (1).
 PEER_INDEX = 2
+LOOPBACK_INDEX = 1  # (every network namespace's first device)
 IFLA_IFNAME = 3
 RTA_OIF = 4
 RTN_UNICAST, RTN_LOCAL = 1, 2
@@ -285,14 +286,15 @@ def _random_index() -> int:
 
 
 def configure_pod_side(pod_netns_fd: int, ifname: str, address: Interface, *, gateway: Any,
-                       routes: Iterable[Any] = (), via: Any = None, index: int = 0) -> None:
-    """Address, up, default route and extra routes on the pod end: one batch
-    (``index``: the pod end's ifindex when known, else it is looked up)."""
+                       routes: Iterable[Any] = (), via: Any = None, index: int = 0, lo_up: bool = False) -> None:
+    """Address, up, default route and extra routes on the pod end, and with
+    ``lo_up`` the pod's loopback up: one batch (``index``: the pod end's
+    ifindex when known, else it is looked up)."""
     with Rtnl(socket_in_netns(pod_netns_fd)) as pod:
         if not index:
             index = index_of(pod, ifname)
-        reqs = [*msg.link_up(index, ifname, no_ipv6_ll=address.version == 4),
-                msg.addr_add(index, ifname, address)]
+        reqs = [msg.link_set(LOOPBACK_INDEX, "lo", up=True)] if lo_up else []
+        reqs += [*msg.link_up(index, ifname, no_ipv6_ll=address.version == 4), msg.addr_add(index, ifname, address)]
         if gateway is not None:
             reqs.append(msg.route_add(gateway, oif=index))
         for net in routes:

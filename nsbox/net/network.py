@@ -39,6 +39,11 @@ class NetworkConfig:
     rebuildable (``from_dict()``)."""
 
     KIND: ClassVar[str]
+    # True: attached as a pod's primary network, it also sets the pod's
+    # loopback up (in its batch of pod-side requests), so the holder need
+    # not: its rtnl lock is then not one more the holder waits for before
+    # exec (issue 13).
+    LO_UP: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError

@@ -92,6 +92,7 @@ class Veth(NetworkConfig):
         return f"Veth(address={str(self.address)!r}, host_address={str(self.host_address) if self.host_address else None!r})"
 
     KIND = "veth"
+    LO_UP = True
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration, JSON-able: ``network_from_dict()`` makes an equal Veth."""
@@ -130,5 +131,5 @@ class Veth(NetworkConfig):
                           host_ifname=self.host_ifname, host_address=self.host_address,
                           address_on_host_link=True, gateway=gateway, routes=self.routes,
                           mtu=self.mtu, mac=self.mac, host_mac=self.host_mac, primary=primary,
-                          shaping=self.shaping)
+                          shaping=self.shaping, lo_up=primary)
 
