@@ -396,3 +396,25 @@ def test_ipam_of_a_bridge_name_reused_for_another_subnet(tmp_path, monkeypatch):
     old.release(a, me)
     new.release(b, me)
     assert not (tmp_path / "run" / "ipam").exists()
+
+
+def test_ipam_takes_over_leases_of_the_older_form(tmp_path, monkeypatch):
+    # An older nsbox wrote a file per lease; its pods may outlive an upgrade.
+    # Their leases are moved into slots before the first allocation, so no
+    # address is handed out twice; a dead owner's is free again.
+    from nsbox.net.ipam import Ipam, owner_of
+
+    monkeypatch.setenv("NSBOX_RUN_DIR", str(tmp_path / "run"))
+    me = owner_of(os.getpid())
+    net = ipaddress.ip_network("10.228.3.0/29")
+    ipam = Ipam("unit", net, {net.network_address + 1})
+    ipam.dir.mkdir(parents=True)
+    (ipam.dir / "10.228.3.2").write_text(f"{me[0]} {me[1]}\n")  # live
+    (ipam.dir / "10.228.3.3").write_text(f"{me[0]} {me[1] + 1}\n")  # its holder is gone
+    with ipam.locked():
+        assert str(ipam.allocate(me)) == "10.228.3.3"
+        assert sorted(os.listdir(ipam.dir)) == ["slots-10.228.3.0_29"]
+        assert ipam.live_leases() == {net.network_address + 2: me, net.network_address + 3: me}
+    for a in ("10.228.3.2", "10.228.3.3"):
+        ipam.release(ipaddress.ip_address(a), me)
+    assert not (tmp_path / "run" / "ipam").exists()

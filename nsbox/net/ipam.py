@@ -55,11 +55,15 @@ _ours: dict[str, dict[str, Owner]] = {}
 # order) is reserved or one of ours, so a scan for the lowest free address
 # starts there (else the scan itself grows with the pods).
 _low: dict[str, int] = {}
+# Slot files whose directory this process has looked through for leases in
+# the older form, a file per address (see Ipam._migrate).
+_migrated: set[str] = set()
 
 
 def _forget() -> None:
     _ours.clear()
     _low.clear()
+    _migrated.clear()
 
 
 os.register_at_fork(after_in_child=_forget)
@@ -97,6 +101,7 @@ class Lease:
         held is not taken back."""
         ipam = Ipam(self.dir.name, self.network, set(), dir=self.dir)
         with ipam.locked():
+            ipam._migrate()
             if ipam.recorded(self.address) == self.owner:
                 ipam._put(self.address, owner)
             ours = _ours.get(ipam._slots, {})
@@ -129,6 +134,36 @@ class Ipam:
             yield
 
     # ---- one lease, in its slot or its file (state lock held) -------------
+
+    def _migrate(self) -> None:
+        """Once per process and slot file: leases an older nsbox wrote as a
+        file per address (its pods may outlive an upgrade) move into their
+        slots, so that no allocation misses them."""
+        if self._slots in _migrated:
+            return
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            if name.startswith((".", SLOTS_PREFIX)):
+                continue
+            try:
+                addr = ipaddress.ip_address(name)
+            except ValueError:
+                continue
+            if addr not in self.network or self._slot(addr) is None:
+                continue
+            path = os.path.join(self.dir, name)
+            try:
+                with open(path, "rb") as f:
+                    owner = _parse(f.read())
+            except OSError:
+                continue
+            if owner is not None:
+                self._put(addr, owner)
+            os.unlink(path)
+        _migrated.add(self._slots)
 
     def _slot(self, addr: Address) -> Optional[int]:
         """The slot of ``addr``, or None when it has a file of its own."""
@@ -243,6 +278,7 @@ class Ipam:
     def allocate(self, owner: Owner, want: Optional[Address] = None) -> Address:
         """Lease ``want`` (or the lowest free address) to ``owner``.  Call
         inside :meth:`locked`."""
+        self._migrate()
         ours = _ours.setdefault(self._slots, {})
         if want is not None:
             if str(want) in ours or self._is_live(self.recorded(want)):
@@ -303,6 +339,7 @@ class Ipam:
     def release(self, addr: Address, owner: Owner) -> None:
         """Give ``addr`` back if ``owner`` still holds it; idempotent."""
         with self.locked():
+            self._migrate()
             if self.recorded(addr) == owner:
                 self._put(addr, None)
             ours = _ours.get(self._slots, {})
@@ -338,6 +375,7 @@ class Ipam:
                     os.unlink(os.path.join(self.dir, name))
         _ours.pop(self._slots, None)
         _low.pop(self._slots, None)
+        _migrated.discard(self._slots)
         prune(self.dir)
 
 
