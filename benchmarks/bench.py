@@ -824,9 +824,9 @@ def scale_run(n: int, make, block: int, run_rounds: int = 0, perf: Optional[Path
                     recorder.send_signal(signal.SIGINT)
                     recorder.wait()
                     recorder = None
-                if i != block:
+                if i in (0, n - block):  # (one block only: the last one's file)
                     perf.parent.mkdir(parents=True, exist_ok=True)
-                    data = perf.with_name(f"{perf.stem}-first.data") if i == 0 else perf
+                    data = perf if i == n - block else perf.with_name(f"{perf.stem}-first.data")
                     recorder = subprocess.Popen(["perf", "record", "-a", "-g", "-q", "-o", str(data)])
                     time.sleep(1.5)  # (its start-up)
                 t0 += time.perf_counter() - paused

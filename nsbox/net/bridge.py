@@ -244,25 +244,28 @@ class Bridge(NetworkConfig):
 
     def remove(self) -> None:
         """Delete the bridge and its IPAM state.  Raises NetworkError (EBUSY)
-        while a pod still uses it, (EEXIST) for a link of that name nsbox did
-        not make for this subnet; a no-op when it does not exist.  Stopped
+        while a pod still uses it (a port, or a live address lease: also when
+        the bridge itself is gone), (EEXIST) for a link of that name nsbox
+        did not make for this subnet; a no-op when it does not exist.  Stopped
         pods' teardowns still in the background are waited for first."""
         if teardown.pending():
             teardown.settle()
         with rtnl.Rtnl() as host, self._ipam.locked():
             _known.pop((self.name, str(self.subnet)), None)
             info = link_info(host, self.name)
-            if info is None:
-                self._ipam.destroy()
-                return
             leases = self._ipam.live_leases()
-            ports = ports_of(host, self._check_ours(info))
+            # (No bridge here -- deleted behind nsbox's back, or this thread is
+            # in another network namespace -- but live pods' leases: refused too.)
+            ports = [] if info is None else ports_of(host, self._check_ours(info))
             if leases or ports:
                 raise NetworkError(
                     errno.EBUSY,
                     f"bridge {self.name} is still used by {len(leases)} pod(s) "
                     f"(ports: {', '.join(ports) or 'none'}); stop them first",
                 )
+            if info is None:
+                self._ipam.destroy()
+                return
             err = host.run([msg.link_del(self.name)])[0]
             if err is not None and err.errno not in (errno.ENODEV, errno.ENOENT):
                 raise err

@@ -23,6 +23,7 @@ import dataclasses
 import errno
 import ipaddress
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ SLOT = 32  # bytes per slot: "PID START" padded with spaces, then "\n"
 SLOTS = 1 << 20  # candidates with a slot (a sparse file of at most 32 MiB); the rest get a file each
 SLOTS_PREFIX = "slots-"
 _FREE = bytes(SLOT)
+_USED = re.compile(rb"[^\0]")  # the first byte of a slot in use (or corrupt), found in C
+_CHUNK = 1 << 16  # bytes read at a time when looking backwards for the last lease
 
 
 # Leases this process wrote and still holds, by slot file (bridge and
@@ -160,7 +163,9 @@ class Ipam:
                     owner = _parse(f.read())
             except OSError:
                 continue
-            if owner is not None:
+            if owner is not None and self._is_live(owner):
+                if self._is_live(self.recorded(addr)):
+                    continue  # both held (an older and a newer nsbox sharing a run directory): leave it
                 self._put(addr, owner)
             os.unlink(path)
         _migrated.add(self._slots)
@@ -223,50 +228,75 @@ class Ipam:
                 if os.pwrite(fd, data, slot * SLOT) != SLOT:  # pragma: no cover - a full /run
                     raise OSError(errno.ENOSPC, "short write to the IPAM slot file")
 
-    def _entries(self) -> list[tuple[Address, Owner, Optional[int]]]:
-        """Every lease recorded, alive or not: (address, owner, its slot or
-        None for a file of its own)."""
+    def _entries(self, files: str = "subnet") -> tuple[list[tuple[Address, Owner, Optional[int]]], list[int]]:
+        """Every lease recorded, alive or not -- (address, owner, its slot or
+        None for a file of its own) -- and the slots that hold something
+        that is not a lease (corrupt).  ``files``: which files of single
+        leases to read: ``"subnet"`` (this subnet's), ``"all"`` or ``"none"``."""
         out: list[tuple[Address, Owner, Optional[int]]] = []
+        corrupt: list[int] = []
         make = type(self.network.network_address)
         try:
             names = os.listdir(self.dir)
         except FileNotFoundError:
-            return out
+            return out, corrupt
         for name in names:
             if name.startswith(SLOTS_PREFIX):
                 if os.path.join(self.dir, name) != self._slots:
                     continue  # of a bridge of this name for another subnet, earlier
                 with open(self._slots, "rb") as f:
                     data = f.read()
-                for at in range(0, len(data) - SLOT + 1, SLOT):
-                    if data[at] and (owner := _parse(data[at:at + SLOT])) is not None:
-                        out.append((make(self._first + at // SLOT), owner, at // SLOT))
-            elif not name.startswith("."):
+                at = 0
+                while (m := _USED.search(data, at)) is not None:  # (free slots skipped in C)
+                    slot = m.start() // SLOT
+                    owner = _parse(data[slot * SLOT:(slot + 1) * SLOT])
+                    if owner is None:
+                        corrupt.append(slot)
+                    else:
+                        out.append((make(self._first + slot), owner, slot))
+                    at = (slot + 1) * SLOT
+            elif not name.startswith(".") and files != "none":
                 try:
                     addr = ipaddress.ip_address(name)
+                    if files == "subnet" and addr not in self.network:
+                        continue
                     with open(os.path.join(self.dir, name), "rb") as f:
                         owner = _parse(f.read())
                 except (OSError, ValueError):
                     continue
                 if owner is not None:
                     out.append((addr, owner, None))
-        return out
+        return out, corrupt
 
-    def _prune(self) -> None:
-        """The slot file cut after its last lease (so reading it costs what
-        the leases need); once no lease is left, it goes, and the directory
-        once empty."""
+    def _trim(self, freed: Optional[int]) -> None:
+        """After slot ``freed`` (None: any) was cleared: the slot file cut
+        after its last lease, so reading it costs what the leases need; once
+        no lease is left it goes, and the directory once empty.  Reads only
+        what follows ``freed`` unless that is all free."""
         with self._slots_fd(create=False) as fd:
             if fd is not None:
                 size = os.fstat(fd).st_size
-                used = len(os.pread(fd, size, 0).rstrip(b"\0"))
+                end = size
+                if freed is not None:
+                    after = (freed + 1) * SLOT
+                    if after < size and os.pread(fd, size - after, after).strip(b"\0"):
+                        return  # a later slot is used: nothing to cut
+                    end = min(size, freed * SLOT)
+                used = 0
+                while end > 0:  # backwards, a chunk at a time, to the last byte in use
+                    start = max(0, end - _CHUNK)
+                    chunk = os.pread(fd, end - start, start).rstrip(b"\0")
+                    if chunk:
+                        used = -(-(start + len(chunk)) // SLOT) * SLOT
+                        break
+                    end = start
                 if used:
-                    used = -(-used // SLOT) * SLOT
                     if used < size:
                         os.ftruncate(fd, used)
                     return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._slots)
+        _migrated.discard(self._slots)
         prune(self.dir)
 
     @staticmethod
@@ -289,10 +319,25 @@ class Ipam:
         # The scan starts past every address known to be ours, so the first
         # candidate is nearly always free, and only a candidate that is not
         # ours has its slot read (free, or its owner checked in /proc).
+        low = _low.get(self._slots, 0)
+        try:
+            got = self._scan(owner, ours, low)
+        except BaseException:
+            self._trim(None)  # (a slot file made for nothing)
+            raise
+        if got is not None:
+            return got
+        self._trim(None)
+        raise NetworkError(
+            errno.EADDRNOTAVAIL,
+            f"no free address left in {self.network} (stop some pods, or use a larger subnet)",
+        )
+
+    def _scan(self, owner: Owner, ours: dict[str, Owner], low: int) -> Optional[Address]:
+        """Lease the lowest free candidate from index ``low`` on, or None."""
         first, count = self._first, self._count
         make = type(self.network.network_address)
         reserved = self.reserved
-        low = _low.get(self._slots, 0)
         with self._slots_fd(create=True) as fd:
             assert fd is not None  # (made if missing)
             for i in range(low, min(count, low + _MAX_SCAN)):
@@ -305,7 +350,8 @@ class Ipam:
                 if i < SLOTS:
                     if self._is_live(_parse(os.pread(fd, SLOT, i * SLOT))):
                         continue
-                    os.pwrite(fd, _encode(owner), i * SLOT)  # free, or reclaimed from a dead owner
+                    if os.pwrite(fd, _encode(owner), i * SLOT) != SLOT:  # free, or reclaimed from a dead owner
+                        raise OSError(errno.ENOSPC, "short write to the IPAM slot file")  # pragma: no cover
                 else:
                     if self._is_live(self.recorded(addr)):
                         continue
@@ -315,11 +361,7 @@ class Ipam:
                     low += 1
                 _low[self._slots] = low
                 return addr
-        self._prune()  # (a slot file made above for nothing)
-        raise NetworkError(
-            errno.EADDRNOTAVAIL,
-            f"no free address left in {self.network} (stop some pods, or use a larger subnet)",
-        )
+        return None
 
     def lease(self, owner: Owner, want: Optional[Address] = None) -> Lease:
         """:meth:`allocate`, as a :class:`Lease` (call inside :meth:`locked`)."""
@@ -340,8 +382,9 @@ class Ipam:
         """Give ``addr`` back if ``owner`` still holds it; idempotent."""
         with self.locked():
             self._migrate()
+            slot = self._slot(addr)
             if self.recorded(addr) == owner:
-                self._put(addr, None)
+                self._put(addr, None, slot)
             ours = _ours.get(self._slots, {})
             if ours.get(str(addr)) == owner:
                 del ours[str(addr)]
@@ -350,29 +393,39 @@ class Ipam:
             if not ours:
                 _ours.pop(self._slots, None)
                 _low.pop(self._slots, None)
-            self._prune()  # the last lease gone: no file, no directory left behind
+            if slot is None:
+                prune(self.dir)  # (once empty)
+            else:
+                self._trim(slot)  # the last lease gone: no file, no directory left behind
 
     def live_leases(self) -> dict[Address, Owner]:
-        return {addr: owner for addr, owner, _ in self._entries() if self._is_live(owner)}
+        return {addr: owner for addr, owner, _ in self._entries()[0] if self._is_live(owner)}
 
-    def sweep(self) -> list[tuple[Address, Owner]]:
-        """Clear every lease whose owner is dead; returns them.  (Call
-        inside :meth:`locked`.)"""
-        dead = [(addr, owner, slot) for addr, owner, slot in self._entries() if not self._is_live(owner)]
+    def sweep(self, files: str = "subnet") -> list[tuple[Address, Owner]]:
+        """Clear every lease whose owner is dead, and slots that hold no
+        lease (corrupt); returns the leases.  ``files`` as for
+        :meth:`_entries`.  (Call inside :meth:`locked`.)"""
+        entries, corrupt = self._entries(files)
+        dead = [(addr, owner, slot) for addr, owner, slot in entries if not self._is_live(owner)]
         ours = _ours.get(self._slots, {})
         for addr, _, slot in dead:
             self._put(addr, None, slot)
             ours.pop(str(addr), None)
+        make = type(self.network.network_address)
+        for slot in corrupt:
+            self._put(make(self._first + slot), None, slot)
         _low.pop(self._slots, None)
-        self._prune()
+        self._trim(None)
         return [(addr, owner) for addr, owner, _ in dead]
 
     def destroy(self) -> None:
-        """Remove the state directory (call inside :meth:`locked`)."""
+        """Remove this subnet's leases, live or not, and the directory once
+        empty (call inside :meth:`locked`, once no pod uses the bridge)."""
+        for addr, _, slot in self._entries()[0]:
+            if slot is None:
+                self._put(addr, None, None)
         with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(self.dir):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.dir, name))
+            os.unlink(self._slots)
         _ours.pop(self._slots, None)
         _low.pop(self._slots, None)
         _migrated.discard(self._slots)
@@ -390,11 +443,27 @@ def sweep() -> list[str]:
         except FileNotFoundError:
             return removed
         for lease_dir in dirs:
-            for ipam in _ipams_in(lease_dir):
-                for addr, owner in ipam.sweep():
+            for i, ipam in enumerate(_ipams_in(lease_dir)):
+                # (files of single leases: every subnet's, read once per directory)
+                for addr, owner in ipam.sweep(files="all" if i == 0 else "none"):
                     removed.append(f"lease {addr} of bridge {lease_dir.name} (holder {owner[0]} is gone)")
+            with contextlib.suppress(FileNotFoundError):  # (gone with its last lease)
+                for name in os.listdir(lease_dir):
+                    if not name.startswith(SLOTS_PREFIX) and not _is_lease_file(lease_dir / name):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(lease_dir / name)
             prune(lease_dir)
     return removed
+
+
+def _is_lease_file(path: Path) -> bool:
+    """False for debris: a write cut short (``.ADDRESS.tmp``; under the
+    state lock none is in progress), or a file that names no owner."""
+    try:
+        ipaddress.ip_address(path.name)
+        return _parse(path.read_bytes()) is not None
+    except (OSError, ValueError):
+        return False
 
 
 def _ipams_in(lease_dir: Path) -> list[Ipam]:

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,22 +24,65 @@ def run_dir() -> Path:
     return Path(os.environ.get("NSBOX_RUN_DIR", "/run/nsbox"))
 
 
+# The state lock's fds open in this process, by the thread holding it.  A
+# fork() by another thread meanwhile gives the child a copy of the locked
+# file description: flock() holds until every copy is closed, so the lock
+# would outlive its holder's ``with`` for as long as the child lives (a
+# multiprocessing worker: for ever).  The child closes those copies at once.
+# Between its open() and its entry here an fd is not yet known: os.fork()
+# waits for _opening (its before-fork hook), which covers that step.
+_held: dict[int, int] = {}
+_opening = threading.Lock()
+_fork_hook = threading.local()  # whether this thread's fork took _opening (see nsbox.holder)
+
+
+def _before_fork() -> None:
+    _opening.acquire()
+    _fork_hook.held = True
+
+
+def _in_parent() -> None:
+    if getattr(_fork_hook, "held", False):
+        _fork_hook.held = False
+        _opening.release()
+
+
+def _in_child() -> None:
+    global _opening
+    _opening = threading.Lock()
+    _fork_hook.held = False
+    me = threading.get_ident()
+    for fd, holder in list(_held.items()):
+        if holder != me:  # (the forking thread's own lock it still releases itself)
+            del _held[fd]
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_in_parent, after_in_child=_in_child)
+
+
 @contextlib.contextmanager
 def locked() -> Iterator[Path]:
     """Hold the state lock (threads and processes alike); yields the directory."""
     root = run_dir()
     try:
-        try:
-            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        with _opening:
+            try:
+                fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                root.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            _held[fd] = threading.get_ident()
     except OSError as e:
         raise NetworkError(e.errno, f"cannot open nsbox's state directory {root}: {e.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield root
     finally:
+        del _held[fd]
         os.close(fd)  # releases the lock
 
 
