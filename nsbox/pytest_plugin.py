@@ -312,7 +312,10 @@ def _reclaim(host: Any, subnet: ipaddress.IPv4Network) -> bool:
     name = bridge_name(subnet)
     info = link_info(host, name)  # (rtnetlink: the calling thread's namespace, unlike /sys/class/net)
     if info is None:
-        _bridge_state(name, subnet).destroy()
+        state = _bridge_state(name, subnet)
+        if state.live_leases():
+            return False  # its bridge is gone, but live pods still hold addresses of the block
+        state.destroy()
         return True
     bridge = nsbox.Bridge(name, subnet=subnet)
     try:

@@ -130,7 +130,7 @@ def test_a_child_forked_while_another_thread_holds_the_state_lock_does_not_keep_
     held.wait(10)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
-        time.sleep(5)
+        time.sleep(60)
         os._exit(0)
     try:
         release.set()
@@ -142,7 +142,36 @@ def test_a_child_forked_while_another_thread_holds_the_state_lock_does_not_keep_
                 done.set()
 
         threading.Thread(target=taker, daemon=True).start()
-        assert done.wait(2), "the forked child kept the state lock"
+        assert done.wait(10), "the forked child kept the state lock"
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # (the child still lives: it did not keep the lock)
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
+
+
+def test_a_release_that_clears_nothing_cuts_nothing(run_dir):
+    # A stale lease released (its holder died, the slot reclaimed since by
+    # a live pod) must not cut or remove the slot file under the live lease.
+    net = ipaddress.ip_network("10.228.9.0/29")
+    ipam = Ipam("unit", net, set())
+    a = net.network_address + 1
+    with ipam.locked():
+        ipam._put(a, _me())
+    ipam.release(a, _dead())
+    assert ipam.recorded(a) == _me()
+    with ipam.locked():
+        assert ipam.allocate(_me()) != a
+    for x in (a, net.network_address + 2):
+        ipam.release(x, _me())
+    assert not (run_dir / "ipam").exists()
+
+
+def test_destroy_removes_its_subnets_debris(run_dir):
+    net = ipaddress.ip_network("10.228.10.0/29")
+    ipam = Ipam("unit", net, set())
+    with ipam.locked():
+        ipam._put(net.network_address + 1, _dead())
+        (ipam.dir / ".10.228.10.5.tmp").write_text("1 2\n")
+        (ipam.dir / "10.228.10.6").write_text("nonsense\n")
+        ipam.destroy()
+    assert not (run_dir / "ipam").exists()

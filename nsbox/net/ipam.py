@@ -148,6 +148,7 @@ class Ipam:
             names = os.listdir(self.dir)
         except FileNotFoundError:
             names = []
+        skipped = False
         for name in names:
             if name.startswith((".", SLOTS_PREFIX)):
                 continue
@@ -165,10 +166,12 @@ class Ipam:
                 continue
             if owner is not None and self._is_live(owner):
                 if self._is_live(self.recorded(addr)):
-                    continue  # both held (an older and a newer nsbox sharing a run directory): leave it
+                    skipped = True  # both held (an older and a newer nsbox sharing a run directory): leave it
+                    continue
                 self._put(addr, owner)
             os.unlink(path)
-        _migrated.add(self._slots)
+        if not skipped:  # (else looked at again next time)
+            _migrated.add(self._slots)
 
     def _slot(self, addr: Address) -> Optional[int]:
         """The slot of ``addr``, or None when it has a file of its own."""
@@ -272,16 +275,20 @@ class Ipam:
         """After slot ``freed`` (None: any) was cleared: the slot file cut
         after its last lease, so reading it costs what the leases need; once
         no lease is left it goes, and the directory once empty.  Reads only
-        what follows ``freed`` unless that is all free."""
+        what follows ``freed``, up to the first lease there, unless that is
+        all free."""
         with self._slots_fd(create=False) as fd:
             if fd is not None:
                 size = os.fstat(fd).st_size
                 end = size
                 if freed is not None:
-                    after = (freed + 1) * SLOT
-                    if after < size and os.pread(fd, size - after, after).strip(b"\0"):
-                        return  # a later slot is used: nothing to cut
-                    end = min(size, freed * SLOT)
+                    at, step = (freed + 1) * SLOT, 4096
+                    while at < size:  # forwards, in growing chunks, to the first later lease
+                        if os.pread(fd, min(step, size - at), at).strip(b"\0"):
+                            return  # a later slot is used: nothing to cut
+                        at += step
+                        step = min(step * 2, _CHUNK)
+                    end = min(size, (freed + 1) * SLOT)  # (the freed slot itself is read again)
                 used = 0
                 while end > 0:  # backwards, a chunk at a time, to the last byte in use
                     start = max(0, end - _CHUNK)
@@ -383,7 +390,8 @@ class Ipam:
         with self.locked():
             self._migrate()
             slot = self._slot(addr)
-            if self.recorded(addr) == owner:
+            cleared = self.recorded(addr) == owner
+            if cleared:
                 self._put(addr, None, slot)
             ours = _ours.get(self._slots, {})
             if ours.get(str(addr)) == owner:
@@ -393,6 +401,8 @@ class Ipam:
             if not ours:
                 _ours.pop(self._slots, None)
                 _low.pop(self._slots, None)
+            if not cleared:
+                return  # (held by another owner now, or gone: nothing to cut)
             if slot is None:
                 prune(self.dir)  # (once empty)
             else:
@@ -424,6 +434,15 @@ class Ipam:
         for addr, _, slot in self._entries()[0]:
             if slot is None:
                 self._put(addr, None, None)
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.dir):  # debris of this subnet: a write cut short, a file naming no owner
+                try:
+                    addr = ipaddress.ip_address(name[1:-4] if name.startswith(".") and name.endswith(".tmp") else name)
+                except ValueError:
+                    continue
+                if addr in self.network and not _is_lease_file(self.dir / name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.dir / name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._slots)
         _ours.pop(self._slots, None)

@@ -29,28 +29,31 @@ def run_dir() -> Path:
 # file description: flock() holds until every copy is closed, so the lock
 # would outlive its holder's ``with`` for as long as the child lives (a
 # multiprocessing worker: for ever).  The child closes those copies at once.
-# Between its open() and its entry here an fd is not yet known: os.fork()
-# waits for _opening (its before-fork hook), which covers that step.
+# Between open() and the entry here, and between the entry's removal and
+# close(), an fd is not known as a lock fd: os.fork() waits for _opening
+# (its before-fork hook), which covers both steps.  An RLock: the after-fork
+# hook releases it only if this thread holds it (a Ctrl-C in the before-fork
+# hook is only logged by CPython, which forks anyway, whether the lock was
+# taken or not), and a signal handler that forks inside those steps does
+# not deadlock.
 _held: dict[int, int] = {}
-_opening = threading.Lock()
-_fork_hook = threading.local()  # whether this thread's fork took _opening (see nsbox.holder)
+_opening = threading.RLock()
 
 
 def _before_fork() -> None:
     _opening.acquire()
-    _fork_hook.held = True
 
 
 def _in_parent() -> None:
-    if getattr(_fork_hook, "held", False):
-        _fork_hook.held = False
+    try:
         _opening.release()
+    except RuntimeError:
+        pass  # (not taken: see above)
 
 
 def _in_child() -> None:
     global _opening
-    _opening = threading.Lock()
-    _fork_hook.held = False
+    _opening = threading.RLock()
     me = threading.get_ident()
     for fd, holder in list(_held.items()):
         if holder != me:  # (the forking thread's own lock it still releases itself)
@@ -82,8 +85,9 @@ def locked() -> Iterator[Path]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield root
     finally:
-        del _held[fd]
-        os.close(fd)  # releases the lock
+        with _opening:
+            del _held[fd]
+            os.close(fd)  # releases the lock
 
 
 def prune(path: Path) -> None:
