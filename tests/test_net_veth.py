@@ -1,6 +1,7 @@
 """Veth networking: host <-> pod traffic, teardown by name, bad input."""
 import errno
 import ipaddress
+import os
 import socket
 import subprocess
 import sys
@@ -246,3 +247,51 @@ def test_lo_is_up_whoever_sets_it_up(bridge):
             assert "127.0.0.1/8" in out, (network, out)
             flags = pod.run(["ip", "-o", "link", "show", "dev", "lo"], capture_output=True, text=True).stdout
             assert ",UP," in flags or ",UP>" in flags, (network, flags)
+
+
+def _fds_on(ino):
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == f"net:[{ino}]":
+                out.append(int(fd))
+        except OSError:
+            pass
+    return out
+
+
+def test_pods_made_inside_another_namespace_share_one_fd_on_it():
+    # Pods whose host ends live in another namespace (made from a thread
+    # inside a "router" pod) hold one fd on that namespace between them, not
+    # one each (10,000 such pods would not fit the fd limit); the last one
+    # stopped closes it.
+    import threading
+
+    with nsbox.Pod(kinds=("net",)) as router:
+        ino = os.stat(f"/proc/{router.pid}/ns/net").st_ino
+        before = _fds_on(ino)
+        pods = []
+
+        def make():
+            with router.joined("net"):
+                for n in (46, 47, 48):
+                    pods.append(nsbox.Pod(network=veth(n)).start())
+
+        t = threading.Thread(target=make)
+        t.start()
+        t.join()
+        try:
+            assert len(pods) == 3
+            assert len(_fds_on(ino)) == len(before) + 1
+            r = router.run(["ping", "-c", "1", "-W", "2", str(pods[1].address.ip)], capture_output=True)
+            assert r.returncode == 0  # (the host ends are the router's)
+            # IPv6 off on an IPv4 link's host end there too (else each adds a
+            # route that the next one's insert walks past)
+            conf = f"/proc/sys/net/ipv6/conf/{pods[1].host_ifname}/disable_ipv6"
+            assert router.run(["cat", conf], capture_output=True, text=True).stdout.strip() == "1"
+            pods[0].stop()
+            assert len(_fds_on(ino)) == len(before) + 1
+        finally:
+            nsbox.stop_all(pods)
+        assert _fds_on(ino) == before
+        assert "nsbx" not in router.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

@@ -67,8 +67,9 @@ class Attachment:
     host_netns_id: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the host side's namespace
     detached: bool = False
     # An open fd on the host side's namespace: the shared socket's (never
-    # closed here), or our own (``owns_host_netns``) for a pod made from a
-    # thread in another namespace.  -1 when rebuilt from a record.
+    # closed here), or a hold on that namespace's fd (``owns_host_netns``,
+    # :func:`nsbox.net.rtnl.hold_netns`) for a pod made from a thread in
+    # another namespace.  -1 when rebuilt from a record.
     host_netns: int = -1
     owns_host_netns: bool = False
 
@@ -102,7 +103,7 @@ class Attachment:
                     errors.append(e)
         self.detached = True
         if self.owns_host_netns:
-            os.close(self.host_netns)
+            rt.release_netns(self.host_netns)
             self.host_netns, self.owns_host_netns = -1, False
         if errors:
             first = errors[0]
@@ -281,8 +282,8 @@ def attach(host: rt.Rtnl, pod_netns_fd: int, *, ifname: str, address: Interface,
                      lease=lease, host_netns_id=_netns_id(host.netns_fd))
     if host.is_shared:
         att.host_netns = host.netns_fd
-    elif host.netns_fd >= 0:  # a nested pod: its own fd on the namespace, closed at detach
-        att.host_netns, att.owns_host_netns = os.dup(host.netns_fd), True
+    elif host.netns_fd >= 0:  # a nested pod: a hold on that namespace's one fd, dropped at detach
+        att.host_netns, att.owns_host_netns = rt.hold_netns(host.netns_fd), True
     try:
         link.configure_pod_side(pod_netns_fd, ifname, address, gateway=gateway, routes=routes,
                                 via=host_address.ip if host_address is not None else None, index=peer_index,

@@ -217,7 +217,7 @@ def create_pair(host: Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Optiona
     # it goes up: else the kernel gives every host end an ff00::/8 route,
     # inserted past all the others, and walks all of them at each link's
     # up (issue 13: 3 of the 4 largest kernel terms at 10,000 pods).
-    quiet = (not ipv6 or master is not None) and _at_home(host)
+    quiet = (not ipv6 or master is not None) and _in_its_namespace(host)
     for _ in range(tries):
         name = host_ifname or random_host_name()
         index = _random_index()
@@ -253,10 +253,14 @@ def create_pair(host: Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Optiona
     raise NetworkError(errno.EEXIST, f"no free host interface name after {tries} random tries")
 
 
-def _at_home(host: Rtnl) -> bool:
-    """True if ``host`` is the process's own network namespace and so is the
-    calling thread's: /proc/sys/net shows the calling thread's namespace."""
-    return host.is_shared and os.stat("/proc/thread-self/ns/net").st_ino == HOME_INO
+def _in_its_namespace(host: Rtnl) -> bool:
+    """True if the calling thread is in ``host``'s network namespace (the
+    process's own, or another one a thread made pods from, e.g. a "router"
+    pod's): /proc/sys/net shows the calling thread's namespace."""
+    here = os.stat("/proc/thread-self/ns/net").st_ino
+    if host.is_shared:
+        return here == HOME_INO
+    return host.netns_fd >= 0 and os.fstat(host.netns_fd).st_ino == here
 
 
 def _disable_ipv6(name: str) -> bool:

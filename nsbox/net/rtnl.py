@@ -26,7 +26,8 @@ from typing import Any, NamedTuple, Optional
 
 from ..errors import NetworkError
 
-__all__ = ["Rtnl", "Request", "Answer", "socket_in_netns", "shared", "shared_in", "in_netns", "HEADER"]
+__all__ = ["Rtnl", "Request", "Answer", "socket_in_netns", "shared", "shared_in", "in_netns", "HEADER",
+           "hold_netns", "release_netns"]
 
 NETLINK_ROUTE = 0
 NETLINK_CAP_ACK = 10
@@ -115,6 +116,56 @@ def shared() -> "Rtnl":
             r.netns_fd = _syscalls.park(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
             _shared = r
         return _shared
+
+
+# Namespaces other than the home one that host sides of this process's pods
+# live in (pods made from a thread inside another pod, a "router"): one fd
+# per namespace, shared by all those pods' attachments and counted, instead
+# of an fd each (10,000 such pods would not fit the fd limit).
+# (st_dev, st_ino) -> [fd, references]; fd -> (st_dev, st_ino).
+_held_ns: dict[tuple[int, int], list[int]] = {}
+_held_fds: dict[int, tuple[int, int]] = {}
+_held_lock = threading.Lock()
+
+
+def hold_netns(netns_fd: int) -> int:
+    """An fd on the namespace ``netns_fd`` names, kept open until every
+    :func:`release_netns` of it: the same fd for every holder of one
+    namespace."""
+    from .. import _syscalls
+
+    st = os.fstat(netns_fd)
+    key = (st.st_dev, st.st_ino)
+    with _held_lock:
+        entry = _held_ns.get(key)
+        if entry is None:
+            fd = _syscalls.park(os.dup(netns_fd))  # (high: out of the way of children's low fds)
+            entry = _held_ns[key] = [fd, 0]
+            _held_fds[fd] = key
+        entry[1] += 1
+        return entry[0]
+
+
+def release_netns(fd: int) -> None:
+    """Drop one hold of :func:`hold_netns`'s ``fd``; the last one closes it."""
+    with _held_lock:
+        key = _held_fds.get(fd)
+        if key is None:
+            return
+        entry = _held_ns[key]
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _held_ns[key], _held_fds[fd]
+    os.close(fd)
+
+
+def _forget_held() -> None:
+    global _held_lock
+    _held_lock = threading.Lock()  # (the fds stay: a forked child's pods share them, as before the fork)
+
+
+os.register_at_fork(after_in_child=_forget_held)
 
 
 def shared_in(netns_fd: int) -> Optional["Rtnl"]:
