@@ -671,6 +671,18 @@ def scale_plans(sub: Subnets, bridge_net: str):
     def veth_floor():
         return (lambda: floor_pod(sub)[0]), None
 
+    def veth_routers(k=ROUTERS):
+        # nsbox's veth pods with their host ends in k router pods' namespaces
+        # (examples/routers.py): each namespace holds 1/k of them
+        routers = [nsbox.Pod().start() for _ in range(k)]
+        turn = iter(range(1 << 62))
+
+        def make():
+            host, pod = sub.next()
+            with routers[next(turn) % k].joined("net"):
+                return nsbox.Pod(network=nsbox.Veth(address=pod, host_address=host)).start()
+        return make, lambda: nsbox.stop_all(routers)
+
     def bridge_nsbox(name="nsbxbench0", q=0):
         bridge = nsbox.Bridge(name, subnet=str(quarters[q]))
         warm(lambda: nsbox.Pod(network=bridge).start())  # makes the bridge: it is not one of the run's links
@@ -681,13 +693,15 @@ def scale_plans(sub: Subnets, bridge_net: str):
         return bridge.pod, bridge.remove
 
     pairs = [("nsbox", veth_nsbox, "floor", veth_floor),
-             ("nsbox bridge", bridge_nsbox, "floor bridge", bridge_floor)]
+             ("nsbox bridge", bridge_nsbox, "floor bridge", bridge_floor),
+             ("nsbox routers", veth_routers, None, None)]  # (an option: no floor of its own)
     probes = [("nsbox bridge", lambda: bridge_nsbox("nsbxlim0", 2)),
               ("floor bridge", lambda: bridge_floor("nsbxlimf0", 3))]
     return pairs, probes
 
 
 BRIDGE_SCALE = 1000  # one bridge holds 1,023 ports: the bridge plans stop here
+ROUTERS = 10  # router pods of the "nsbox routers" plan
 
 
 def bench_scale(n: int, sub: Subnets, bridge_net: str, *, block: int = 0, repeat: int = 1,
@@ -707,7 +721,7 @@ def bench_scale(n: int, sub: Subnets, bridge_net: str, *, block: int = 0, repeat
         for a, setup_a, b, setup_b in pairs:
             order = [(a, setup_a), (b, setup_b)] if rep % 2 == 0 else [(b, setup_b), (a, setup_a)]
             for name, setup in order:
-                if plans and name not in plans:
+                if name is None or (plans and name not in plans):
                     continue
                 size = min(n, BRIDGE_SCALE) if "bridge" in name else n
                 size_block = block or max(1, size // 10)
@@ -928,7 +942,8 @@ def main() -> int:
     ap.add_argument("--scale-repeat", type=int, default=0,
                     help="runs of each scale plan, alternating ABBA (default: 2 up to 2000 pods, else 1)")
     ap.add_argument("--scale-plans", default="",
-                    help="comma-separated scale plans to run, of: nsbox, floor, nsbox bridge, floor bridge, bridge limit")
+                    help="comma-separated scale plans to run, of: nsbox, floor, nsbox bridge, floor bridge, "
+                         "nsbox routers (host ends in 10 router pods), bridge limit")
     ap.add_argument("--perf", action="store_true",
                     help="perf record -a -g over the first and the last block of the first nsbox scale run (results dir)")
     ap.add_argument("--only", default="", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}")
@@ -1056,6 +1071,10 @@ def targets(r: dict) -> dict:
             check(f"{n} pods: create", ns["create_s"], "<=", 60, " s")
             check(f"{n} pods: growth (last block / first)", ns["growth"], "<=", 2.5)
             check(f"{n} pods: stop_all until links gone", ns["stop_s"], "<=", 15, " s")
+        nr = sc.get("nsbox routers")
+        if nr and nr["pods"] >= 10000:  # the option (host ends in 10 router pods)
+            check(f"{nr['pods']} pods behind {ROUTERS} routers: create", nr["create_s"], "<=", 60, " s")
+            check(f"{nr['pods']} pods behind {ROUTERS} routers: growth (last block / first)", nr["growth"], "<=", 2.5)
         sr = r["scale_run"]
         if sr and n >= 1000:  # (at a tiny size these two say nothing)
             ratio = sr["nsbox pod.run"]["median_ms"] / sr["host subprocess.run"]["median_ms"]

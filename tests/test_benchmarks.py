@@ -16,7 +16,7 @@ def test_benchmarks_run_quick(tmp_path):
     assert set(data["pods"]) == {"shell", "shell-in-place", "ip-batch", "pyroute2", "floor", "nsbox"}
     assert {"unshare", "nsbox"} <= set(data["holder"])
     scale = data["scale"]
-    assert set(scale) == {"nsbox", "floor", "nsbox bridge", "floor bridge"}
+    assert set(scale) == {"nsbox", "floor", "nsbox bridge", "floor bridge", "nsbox routers"}
     assert {row["pods"] for row in scale.values()} == {20} and {row["block"] for row in scale.values()} == {4}
     assert all(len(run["block_ms_per_pod"]) == 5 for runs in data["scale_runs"].values() for run in runs)
     assert set(data["scale_run"]) == {"host subprocess.run", "nsbox pod.run"}
