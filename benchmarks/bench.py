@@ -674,7 +674,13 @@ def scale_plans(sub: Subnets, bridge_net: str):
     def veth_routers(k=ROUTERS):
         # nsbox's veth pods with their host ends in k router pods' namespaces
         # (examples/routers.py): each namespace holds 1/k of them
-        routers = [nsbox.Pod().start() for _ in range(k)]
+        routers: list = []
+        try:
+            for _ in range(k):
+                routers.append(nsbox.Pod().start())
+        except BaseException:
+            nsbox.stop_all(routers)
+            raise
         turn = iter(range(1 << 62))
 
         def make():

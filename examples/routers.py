@@ -31,6 +31,8 @@ import nsbox
 
 
 def main(pods_wanted: int = 6, routers_wanted: int = 2) -> None:
+    if not 1 <= routers_wanted <= 250 or not 1 <= pods_wanted <= 64 * routers_wanted:
+        sys.exit("1-250 routers, at most 64 pods per router (each router's pods share one /24)")
     routers, pods, routes = [], [], []
     try:
         for r in range(routers_wanted):
@@ -61,10 +63,12 @@ def main(pods_wanted: int = 6, routers_wanted: int = 2) -> None:
         if not (host_to_pod and pod_to_pod):
             sys.exit(1)
     finally:
-        nsbox.stop_all(pods)
-        for block in routes:
-            subprocess.run(["ip", "route", "del", block], capture_output=True)
-        nsbox.stop_all(routers)
+        try:
+            nsbox.stop_all(pods)
+        finally:
+            for block in routes:
+                subprocess.run(["ip", "route", "del", block], capture_output=True)
+            nsbox.stop_all(routers)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from .kinds import DEFAULT_KINDS, KindsArg, flags_of, parse_kinds
 from .members import Members, terminate_all
 from .namespaces import Namespace
 from .namespaces import joined as _joined
-from .net import Attachment, Network, PodNetwork, detach_all, unaddress_all
+from .net import Attachment, Network, PodNetwork, detach_all, rtnl, unaddress_all
 from .net.shaping import Shaping
 from .spawn import PodProcess, run_process
 from .lifecycle import Backoff, DoneCallbacks, PodStatus
@@ -208,6 +208,14 @@ class Pod:
         self._backoff = Backoff()  # restart=True
         self._error: Optional[str] = None
         self._restarting = False  # restart(): storage survives the stop
+        # The network namespace the pod's host sides are made in: the calling
+        # thread's at its start (a "router" pod's, for a pod made inside one),
+        # and the same again at every restart, whichever thread restarts it
+        # (the watcher's timer, restart() from anywhere).  An fd: the shared
+        # socket's for the process's own namespace, else a hold
+        # (rtnl.hold_netns), dropped when the pod is stopped.
+        self._net_ns = -1
+        self._net_ns_held = False
         # Volumes, /etc files, sysctls: made at the first start, kept across restarts.
         # (A pod of this process gets its key at its first start: see _make_sandbox.)
         self._fs = (PodFS(spec, storage_key(name, True) if self._persist is not None else None)
@@ -378,8 +386,7 @@ class Pod:
             for k in spec.kinds:
                 self._inodes[k] = os.fstat(netns).st_ino if k == "net" and netns >= 0 else os.stat(proc + k).st_ino
             if spec.networks:
-                # (a CNI network's plugins publish the ports at ADD, and name the pod in CNI_ARGS)
-                self._net = PodNetwork.attach(spec.networks, netns, pid, ports=spec.ports, pod_name=self.name)
+                self._net = self._attach_networks(netns, pid)
                 if self._persist is not None:  # at once: what a crash from here on leaves, gc finds
                     self._persist.network_made(self._net.to_record())
         finally:
@@ -391,6 +398,36 @@ class Pod:
                 raise NotRunningError(errno.ESRCH, "the holder exited while the pod was starting")
             # (rules of a pod that outlives this process must not vanish with it)
             self._net.publish(owner, list(spec.ports), kernel_owned=self._persist is None)
+
+    def _attach_networks(self, netns: int, pid: int) -> PodNetwork:
+        """The pod's networks, their host sides in the namespace of its start
+        (see ``_net_ns``): from a helper thread inside it if the calling
+        thread is elsewhere.  (Lock held.)"""
+        spec = self.spec
+
+        def attach() -> PodNetwork:
+            # (a CNI network's plugins publish the ports at ADD, and name the pod in CNI_ARGS)
+            return PodNetwork.attach(spec.networks, netns, pid, ports=spec.ports, pod_name=self.name)
+
+        here = os.stat("/proc/thread-self/ns/net").st_ino
+        if self._net_ns < 0:
+            if here == rtnl.HOME_INO:
+                self._net_ns = rtnl.shared().netns_fd
+            else:
+                fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    self._net_ns, self._net_ns_held = rtnl.hold_netns(fd), True
+                finally:
+                    os.close(fd)
+            return attach()
+        if os.fstat(self._net_ns).st_ino == here:
+            return attach()
+        return rtnl.call_in_netns(self._net_ns, attach, undo=lambda net: net.detach(background=False))
+
+    def _forget_net_ns(self) -> None:
+        if self._net_ns_held:
+            rtnl.release_netns(self._net_ns)
+        self._net_ns, self._net_ns_held = -1, False
 
     def _rollback(self) -> None:
         """Undo a half-started pod.  The error that caused it is what the
@@ -445,6 +482,8 @@ class Pod:
         """True if running; a pod never started is stopped now.  (Lock held.)"""
         if self._state != "running":
             self._state = "stopped"
+            if not self._restarting:
+                self._forget_net_ns()  # (an exited pod kept it for a restart: stopped, it needs it no more)
             if self._restart_timer is not None:  # a restart was scheduled: not any more
                 self._restart_timer.cancel()
                 self._restart_timer = None
@@ -502,6 +541,8 @@ class Pod:
             else:
                 self._net.detach()
         finally:
+            if self._stop_requested and not self._restarting:
+                self._forget_net_ns()  # (a restart() from now on starts afresh, where it is called)
             if self._persist is not None:
                 self._persist.ended(self._stop_requested, self._last_returncode, self._exited_at, self._restarts)
 

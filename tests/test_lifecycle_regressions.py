@@ -83,6 +83,7 @@ def test_gc_of_a_running_pod_under_the_watcher_lock_self_deadlocks():
                 self.lock.__enter__(); gc.collect()
             def __exit__(self, *e): return self.lock.__exit__(*e)
             def acquire(self, *a, **k): return self.lock.acquire(*a, **k)
+            def release(self): return self.lock.release()
         gc.disable()
         a = nsbox.Pod(kinds=("uts",)).start()
         a.me = a                  # a cycle, e.g. a callback bound to an owner of the pod

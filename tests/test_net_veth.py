@@ -295,3 +295,77 @@ def test_pods_made_inside_another_namespace_share_one_fd_on_it():
             nsbox.stop_all(pods)
         assert _fds_on(ino) == before
         assert "nsbx" not in router.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+
+
+def test_a_pod_behind_a_router_restarts_behind_it():
+    # A pod made inside a router pod's namespace has its host end there; its
+    # restart (by the watcher's timer, or restart() from any thread) makes
+    # the new host end there again, not in the namespace of the thread that
+    # restarts it.  The watcher thread itself lives in the process's own
+    # namespace even when a thread inside the router started it.
+    import signal
+    import threading
+    import time
+
+    with nsbox.Pod(kinds=("net",)) as router:
+        box = {}
+
+        def make():
+            with router.joined("net"):
+                box["pod"] = nsbox.Pod(network=veth(49), restart=True).start()
+
+        t = threading.Thread(target=make)
+        t.start()
+        t.join()
+        pod = box["pod"]
+        try:
+            def in_router(name):
+                return name in router.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+
+            first = pod.pid
+            assert in_router(pod.host_ifname)
+            os.kill(first, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while (pod.pid in (None, first) or pod.status().state != "running") and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert pod.pid != first and pod.status().restarts == 1
+            assert in_router(pod.host_ifname)  # (made from the watcher's timer thread, at home)
+            assert pod.host_ifname not in {n for _, n in socket.if_nameindex()}
+            pod.restart()  # from this thread, at home
+            assert in_router(pod.host_ifname) and pod.status().restarts == 2
+            r = router.run(["ping", "-c", "1", "-W", "2", str(pod.address.ip)], capture_output=True)
+            assert r.returncode == 0
+            watcher = [t for t in threading.enumerate() if t.name == "nsbox-watcher"]
+            assert watcher and os.stat(f"/proc/self/task/{watcher[0].native_id}/ns/net").st_ino == \
+                os.stat("/proc/self/ns/net").st_ino
+        finally:
+            pod.stop()
+        assert not in_router("nsbx")
+
+
+def test_a_pod_behind_a_router_that_exited_lets_go_of_the_router_once_stopped():
+    import signal
+    import threading
+    import time
+
+    with nsbox.Pod(kinds=("net",)) as router:
+        ino = os.stat(f"/proc/{router.pid}/ns/net").st_ino
+        before = _fds_on(ino)
+        box = {}
+
+        def make():
+            with router.joined("net"):
+                box["pod"] = nsbox.Pod(network=veth(50)).start()
+
+        t = threading.Thread(target=make)
+        t.start()
+        t.join()
+        pod = box["pod"]
+        os.kill(pod.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while pod.status().state != "exited" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pod.status().state == "exited"
+        assert len(_fds_on(ino)) == len(before) + 1  # (kept: a restart() would make the pod there again)
+        pod.stop()
+        assert _fds_on(ino) == before

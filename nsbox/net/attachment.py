@@ -280,11 +280,12 @@ def attach(host: rt.Rtnl, pod_netns_fd: int, *, ifname: str, address: Interface,
     att = Attachment(ifname=ifname, host_ifname=name, host_index=index, peer_index=peer_index,
                      address=address, host_address=host_address, route_ifname=route_ifname or name,
                      lease=lease, host_netns_id=_netns_id(host.netns_fd))
-    if host.is_shared:
-        att.host_netns = host.netns_fd
-    elif host.netns_fd >= 0:  # a nested pod: a hold on that namespace's one fd, dropped at detach
-        att.host_netns, att.owns_host_netns = rt.hold_netns(host.netns_fd), True
     try:
+        if host.is_shared:
+            att.host_netns = host.netns_fd
+        elif host.netns_fd >= 0:  # a nested pod: a hold on that namespace's one fd, dropped at detach
+            # (should this fail, detach finds the namespace as this thread's)
+            att.host_netns, att.owns_host_netns = rt.hold_netns(host.netns_fd), True
         link.configure_pod_side(pod_netns_fd, ifname, address, gateway=gateway, routes=routes,
                                 via=host_address.ip if host_address is not None else None, index=peer_index,
                                 lo_up=lo_up)

@@ -21,15 +21,17 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Optional, TypeVar
 
 from ..errors import NetworkError
 
 __all__ = ["Rtnl", "Request", "Answer", "socket_in_netns", "shared", "shared_in", "in_netns", "HEADER",
-           "hold_netns", "release_netns"]
+           "hold_netns", "release_netns", "call_in_netns"]
 
 NETLINK_ROUTE = 0
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
 SOL_NETLINK = 270
@@ -125,7 +127,9 @@ def shared() -> "Rtnl":
 # (st_dev, st_ino) -> [fd, references]; fd -> (st_dev, st_ino).
 _held_ns: dict[tuple[int, int], list[int]] = {}
 _held_fds: dict[int, tuple[int, int]] = {}
-_held_lock = threading.Lock()
+# (An RLock: a garbage collection inside hold_netns may run a Pod's
+# __del__, whose stop() releases a hold in the same thread.)
+_held_lock = threading.RLock()
 
 
 def hold_netns(netns_fd: int) -> int:
@@ -160,9 +164,38 @@ def release_netns(fd: int) -> None:
     os.close(fd)
 
 
+def call_in_netns(netns_fd: int, fn: Callable[[], T], undo: Optional[Callable[[T], Any]] = None) -> T:
+    """``fn()`` on a short-lived helper thread inside the network namespace
+    ``netns_fd`` (the calling thread stays where it is).  Interrupted while
+    it runs, the caller waits for it anyway and ``undo``-es its result."""
+    from .. import _syscalls
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            _syscalls.setns(netns_fd, CLONE_NEWNET)
+            box["result"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="nsbox-in-netns", daemon=True)
+    t.start()
+    try:
+        t.join()
+    except BaseException:
+        t.join()
+        if "result" in box and undo is not None:
+            undo(box["result"])
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def _forget_held() -> None:
     global _held_lock
-    _held_lock = threading.Lock()  # (the fds stay: a forked child's pods share them, as before the fork)
+    _held_lock = threading.RLock()  # (the fds stay: a forked child's pods share them, as before the fork)
 
 
 os.register_at_fork(after_in_child=_forget_held)
