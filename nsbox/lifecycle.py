@@ -66,12 +66,9 @@ def _go_home() -> None:
     try:
         if os.stat("/proc/thread-self/ns/net").st_ino == rtnl.HOME_INO:
             return
-        fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # (the main thread's)
-        try:
-            if os.fstat(fd).st_ino == rtnl.HOME_INO:
-                _syscalls.setns(fd, rtnl.CLONE_NEWNET)
-        finally:
-            os.close(fd)
+        fd = rtnl.home_netns_fd()
+        if fd >= 0:
+            _syscalls.setns(fd, rtnl.CLONE_NEWNET)
     except OSError:
         pass
 

@@ -25,10 +25,10 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from . import _proc, _syscalls, lifecycle
-from .errors import ConfigError, NotRunningError
+from .errors import ConfigError, NetworkError, NotRunningError
 from .holder import Holder
 from .kinds import DEFAULT_KINDS, KindsArg, flags_of, parse_kinds
 from .members import Members, terminate_all
@@ -46,6 +46,8 @@ from .spec import IdMap, PodSpec
 __all__ = ["Pod", "stop_all"]
 
 log = logging.getLogger("nsbox")
+T = TypeVar("T")
+_HOME_NS = -2  # Pod._net_ns: the process's own network namespace (rtnl.home_netns_fd())
 
 # How long stop() waits for the holder after it was told to exit, before SIGKILL.
 _HOLDER_GRACE = 5.0
@@ -211,9 +213,9 @@ class Pod:
         # The network namespace the pod's host sides are made in: the calling
         # thread's at its start (a "router" pod's, for a pod made inside one),
         # and the same again at every restart, whichever thread restarts it
-        # (the watcher's timer, restart() from anywhere).  An fd: the shared
-        # socket's for the process's own namespace, else a hold
-        # (rtnl.hold_netns), dropped when the pod is stopped.
+        # (the watcher's timer, restart() from anywhere).  _HOME_NS for the
+        # process's own namespace, else a hold (rtnl.hold_netns, an fd),
+        # dropped when the pod is stopped; -1: not known yet.
         self._net_ns = -1
         self._net_ns_held = False
         # Volumes, /etc files, sysctls: made at the first start, kept across restarts.
@@ -335,7 +337,7 @@ class Pod:
             try:
                 holder.finish()  # a failure before its exec is the error to report
             finally:
-                self._rollback()
+                self._rollback(first)
             raise
         try:
             holder.finish()
@@ -346,7 +348,7 @@ class Pod:
                                       self._restarts + (not first))
                 holder.outlive_creator()  # (until now a crash of this process took it along)
         except BaseException:
-            self._rollback()
+            self._rollback(first)
             raise
         self._started_at = time.time()
         lifecycle.watch(self, [holder.pidfd] + ([holder.lifeline] if holder.lifeline >= 0 else []))
@@ -396,8 +398,10 @@ class Pod:
             owner = _proc.owner(pid)
             if owner is None:
                 raise NotRunningError(errno.ESRCH, "the holder exited while the pod was starting")
-            # (rules of a pod that outlives this process must not vanish with it)
-            self._net.publish(owner, list(spec.ports), kernel_owned=self._persist is None)
+            # (rules of a pod that outlives this process must not vanish with it;
+            # in the namespace of the host side, like the network)
+            net = self._net
+            self._in_net_ns(lambda: net.publish(owner, list(spec.ports), kernel_owned=self._persist is None))
 
     def _attach_networks(self, netns: int, pid: int) -> PodNetwork:
         """The pod's networks, their host sides in the namespace of its start
@@ -409,29 +413,39 @@ class Pod:
             # (a CNI network's plugins publish the ports at ADD, and name the pod in CNI_ARGS)
             return PodNetwork.attach(spec.networks, netns, pid, ports=spec.ports, pod_name=self.name)
 
-        here = os.stat("/proc/thread-self/ns/net").st_ino
-        if self._net_ns < 0:
-            if here == rtnl.HOME_INO:
-                self._net_ns = rtnl.shared().netns_fd
+        if self._net_ns == -1:  # the first start (or the first since a stop): here
+            if os.stat("/proc/thread-self/ns/net").st_ino == rtnl.HOME_INO:
+                self._net_ns = _HOME_NS
             else:
                 fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     self._net_ns, self._net_ns_held = rtnl.hold_netns(fd), True
                 finally:
                     os.close(fd)
-            return attach()
-        if os.fstat(self._net_ns).st_ino == here:
-            return attach()
-        return rtnl.call_in_netns(self._net_ns, attach, undo=lambda net: net.detach(background=False))
+        return self._in_net_ns(attach, undo=lambda net: net.detach(background=False))
+
+    def _in_net_ns(self, fn: Callable[[], T], undo: Optional[Callable[[T], Any]] = None) -> T:
+        """``fn()`` in the namespace of ``_net_ns`` (set): here if this
+        thread is in it, else on a helper thread inside it.  (Lock held.)"""
+        here = os.stat("/proc/thread-self/ns/net").st_ino
+        fd = rtnl.home_netns_fd() if self._net_ns == _HOME_NS else self._net_ns
+        if (rtnl.HOME_INO if self._net_ns == _HOME_NS else os.fstat(fd).st_ino) == here:
+            return fn()
+        if fd < 0:
+            raise NetworkError(errno.ENOENT, "the process's own network namespace cannot be entered (no fd on it)")
+        return rtnl.call_in_netns(fd, fn, undo)
 
     def _forget_net_ns(self) -> None:
         if self._net_ns_held:
             rtnl.release_netns(self._net_ns)
         self._net_ns, self._net_ns_held = -1, False
 
-    def _rollback(self) -> None:
+    def _rollback(self, first: bool) -> None:
         """Undo a half-started pod.  The error that caused it is what the
-        caller must see: a teardown problem here is only added as a note."""
+        caller must see: a teardown problem here is only added as a note.
+        A failed restart keeps the namespace its networks belong in."""
+        if first:
+            self._forget_net_ns()
         holder = self._holder
         assert holder is not None
         self._stop_requested = True  # (status: stopped, not exited)
@@ -480,10 +494,13 @@ class Pod:
 
     def _stoppable(self) -> bool:
         """True if running; a pod never started is stopped now.  (Lock held.)"""
+        if not self._restarting:
+            # Stopped by request: no restart of this sandbox follows (a
+            # restart() from now on starts afresh, where it is called).  The
+            # attachments hold the namespace for their own teardown.
+            self._forget_net_ns()
         if self._state != "running":
             self._state = "stopped"
-            if not self._restarting:
-                self._forget_net_ns()  # (an exited pod kept it for a restart: stopped, it needs it no more)
             if self._restart_timer is not None:  # a restart was scheduled: not any more
                 self._restart_timer.cancel()
                 self._restart_timer = None
@@ -541,8 +558,6 @@ class Pod:
             else:
                 self._net.detach()
         finally:
-            if self._stop_requested and not self._restarting:
-                self._forget_net_ns()  # (a restart() from now on starts afresh, where it is called)
             if self._persist is not None:
                 self._persist.ended(self._stop_requested, self._last_returncode, self._exited_at, self._restarts)
 
@@ -735,6 +750,7 @@ class Pod:
                 self._persist.remove()
             elif self._fs is not None and self._state != "running":
                 self._fs.remove()
+            self._forget_net_ns()
         if stopped:
             self._run_callbacks()
 
@@ -946,6 +962,9 @@ class Pod:
         return f"<nsbox.Pod{name} {self._state}{pid} kinds={','.join(self.kinds)}{host}>"
 
     def __del__(self) -> None:
+        if getattr(self, "_net_ns_held", False):
+            rtnl.release_netns(self._net_ns)  # (a router's namespace: not kept alive by a pod that is gone)
+            self._net_ns, self._net_ns_held = -1, False
         if getattr(self, "_state", None) != "running":
             return
         # Bounded: at interpreter exit a daemon thread (the watcher, a restart

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 import nsbox
-from helpers import holder_pids
+from helpers import holder_pids, run_python
 
 # Subnets owned by these tests: 10.210.x.0/24.
 ECHO_SERVER = textwrap.dedent(
@@ -369,3 +369,67 @@ def test_a_pod_behind_a_router_that_exited_lets_go_of_the_router_once_stopped():
         assert len(_fds_on(ino)) == len(before) + 1  # (kept: a restart() would make the pod there again)
         pod.stop()
         assert _fds_on(ino) == before
+
+
+def test_a_failed_restart_keeps_the_pod_behind_its_router(monkeypatch):
+    import threading
+
+    from nsbox.net import podnet
+
+    with nsbox.Pod(kinds=("net",)) as router:
+        box = {}
+
+        def make():
+            with router.joined("net"):
+                box["pod"] = nsbox.Pod(network=veth(51)).start()
+
+        t = threading.Thread(target=make)
+        t.start()
+        t.join()
+        pod = box["pod"]
+        try:
+            real = podnet.PodNetwork.attach
+
+            def failing(*a, **k):
+                raise nsbox.NetworkError(5, "injected")
+
+            monkeypatch.setattr(podnet.PodNetwork, "attach", failing)
+            with pytest.raises(nsbox.NetworkError, match="injected"):
+                pod.restart()  # (from this thread, at home)
+            monkeypatch.setattr(podnet.PodNetwork, "attach", real)
+            pod.restart()
+            assert pod.host_ifname in router.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        finally:
+            pod.stop()
+
+
+def test_a_watcher_started_inside_another_namespace_moves_home():
+    # The process's first pod made from a thread inside a namespace nsbox
+    # did not make: the watcher thread it starts lives in the process's own
+    # namespace (it kept the other one alive, and restart timers were born there).
+    r = run_python(textwrap.dedent("""
+        import os, subprocess, threading, nsbox
+        from nsbox import _syscalls
+        other = subprocess.Popen(["unshare", "--net", "sleep", "60"])
+        try:
+            import time
+            while os.stat(f"/proc/{other.pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino:
+                time.sleep(0.01)
+            def make():
+                fd = os.open(f"/proc/{other.pid}/ns/net", os.O_RDONLY)
+                _syscalls.setns(fd, 0x40000000)
+                os.close(fd)
+                with nsbox.Pod(kinds=("uts",)):
+                    pass
+            t = threading.Thread(target=make); t.start(); t.join()
+            (w,) = [t for t in threading.enumerate() if t.name == "nsbox-watcher"]
+            for _ in range(100):
+                if os.stat(f"/proc/self/task/{w.native_id}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino:
+                    break
+                time.sleep(0.01)
+            print("home" if os.stat(f"/proc/self/task/{w.native_id}/ns/net").st_ino
+                  == os.stat("/proc/self/ns/net").st_ino else "away")
+        finally:
+            other.kill(); other.wait()
+    """))
+    assert r.stdout.strip() == "home", r.stdout + r.stderr

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Optional, TypeVar
 from ..errors import NetworkError
 
 __all__ = ["Rtnl", "Request", "Answer", "socket_in_netns", "shared", "shared_in", "in_netns", "HEADER",
-           "hold_netns", "release_netns", "call_in_netns"]
+           "hold_netns", "release_netns", "call_in_netns", "home_netns_fd"]
 
 NETLINK_ROUTE = 0
 CLONE_NEWNET = 0x40000000
@@ -132,6 +132,29 @@ _held_fds: dict[int, tuple[int, int]] = {}
 _held_lock = threading.RLock()
 
 
+_home_fd = -1  # an fd on the process's own namespace (inherited by a forked child: still its own)
+
+
+def home_netns_fd() -> int:
+    """An fd on the process's own network namespace (the one ``HOME_INO``
+    names), whichever namespace the calling thread is in; -1 if none of
+    this thread's and the main thread's is it."""
+    global _home_fd
+    with _shared_lock:
+        if _home_fd < 0:
+            if _shared is not None:
+                return _shared.netns_fd
+            for path in ("/proc/thread-self/ns/net", "/proc/self/ns/net"):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                if os.fstat(fd).st_ino == HOME_INO:
+                    from .. import _syscalls
+
+                    _home_fd = _syscalls.park(fd)
+                    break
+                os.close(fd)
+        return _home_fd
+
+
 def hold_netns(netns_fd: int) -> int:
     """An fd on the namespace ``netns_fd`` names, kept open until every
     :func:`release_netns` of it: the same fd for every holder of one
@@ -184,9 +207,16 @@ def call_in_netns(netns_fd: int, fn: Callable[[], T], undo: Optional[Callable[[T
     try:
         t.join()
     except BaseException:
-        t.join()
+        while t.is_alive():  # (another Ctrl-C meanwhile: keep waiting, the result must be undone)
+            try:
+                t.join()
+            except BaseException:
+                pass
         if "result" in box and undo is not None:
-            undo(box["result"])
+            try:
+                undo(box["result"])
+            except Exception:
+                pass  # (the interruption is what the caller must see)
         raise
     if "error" in box:
         raise box["error"]
