@@ -16,9 +16,10 @@ The trade-off is the topology: a pod is reached through its router, not
 directly from the host.  Here each router is a pod of its own, linked to the
 host by a veth (10.207.R.0/30), forwarding (ip_forward=1), and the host
 routes each router's pod block (10.208.R.0/24) through it (pods behind two
-routers reach each other only if the host forwards too: not set here).  ``stop()`` of a
-pod whose host end is a router's deletes its link at once (an RCU wait, tens
-of ms); ``nsbox.stop_all()`` of many lets the kernel delete them in batches.
+routers reach each other only if the host forwards too: not set here).  As
+for any pod, ``stop()`` leaves the host side to the background teardown
+(in the router's namespace), and ``nsbox.stop_all()`` of many lets the
+kernel delete their links in batches.  Stop the pods before their routers.
 
 Run it as root: `.venv/bin/python examples/routers.py [PODS [ROUTERS]]`
 (after `make test` or `make demo` built the virtualenv).

@@ -340,6 +340,7 @@ def test_a_pod_behind_a_router_restarts_behind_it():
                 os.stat("/proc/self/ns/net").st_ino
         finally:
             pod.stop()
+        nsbox.net.settle()  # (its host side goes in the background)
         assert not in_router("nsbx")
 
 
@@ -368,6 +369,7 @@ def test_a_pod_behind_a_router_that_exited_lets_go_of_the_router_once_stopped():
         assert pod.status().state == "exited"
         assert len(_fds_on(ino)) == len(before) + 1  # (kept: a restart() would make the pod there again)
         pod.stop()
+        nsbox.net.settle()  # (its host side goes in the background)
         assert _fds_on(ino) == before
 
 
@@ -433,3 +435,32 @@ def test_a_watcher_started_inside_another_namespace_moves_home():
             other.kill(); other.wait()
     """))
     assert r.stdout.strip() == "home", r.stdout + r.stderr
+
+
+def test_stop_of_a_pod_behind_a_router_tears_down_in_the_background():
+    # As for a pod whose host end is at home: stop() returns without waiting
+    # for the link's deletion (an RCU grace period), and the background
+    # teardown finishes it in the router's namespace.
+    import threading
+
+    from nsbox.net import teardown
+
+    with nsbox.Pod(kinds=("net",)) as router:
+        ino = os.stat(f"/proc/{router.pid}/ns/net").st_ino
+        before = _fds_on(ino)
+        box = {}
+
+        def make():
+            with router.joined("net"):
+                box["pod"] = nsbox.Pod(network=veth(52)).start()
+
+        t = threading.Thread(target=make)
+        t.start()
+        t.join()
+        pod = box["pod"]
+        name = pod.host_ifname
+        pod.stop()
+        assert teardown.pending() == 1  # (deferred, not done in stop())
+        nsbox.net.settle()
+        assert name not in router.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        assert _fds_on(ino) == before

@@ -189,6 +189,7 @@ def test_pods_made_or_stopped_inside_another_pods_netns_do_not_pin_it():
     finally:
         b.stop()
         a.stop()
+    nsbox.net.settle()  # (the nested pod's host side, in a's namespace, goes in the background)
     assert _fds_on(inode) == []
 
 

@@ -114,11 +114,11 @@ class Attachment:
         whose network namespace is gone or going, so the kernel deletes the
         link by itself.  The lease and host-port reservations become this
         process's until the link is gone, so nothing still in use is handed
-        out.  Synchronous (:meth:`detach`) for a host side not in this
-        process's own namespace (a nested pod, or one rebuilt from a record)."""
+        out.  Synchronous (:meth:`detach`) for a host side rebuilt from a
+        record (no fd on its namespace)."""
         if self.detached:
             return
-        if rt.shared_in(self.host_netns) is None or not self.host_index:
+        if not self.host_index or (rt.shared_in(self.host_netns) is None and not self.owns_host_netns):
             self.detach()
             return
         me = _proc.owner(os.getpid())

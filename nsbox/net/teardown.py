@@ -72,7 +72,7 @@ def defer(att: "Attachment") -> None:
     with _cond:
         _queue.append((att, time.monotonic() + KERNEL_CLEANUP))
         if _thread is None:
-            _thread = threading.Thread(target=_run, args=(att.host_netns,), name="nsbox-teardown", daemon=True)
+            _thread = threading.Thread(target=_run, name="nsbox-teardown", daemon=True)
             _thread.start()
         _cond.notify_all()
 
@@ -121,14 +121,16 @@ def retry_settled(fn: Callable[[], T]) -> T:
 # ---- the reaper thread ---------------------------------------------------------------
 
 
-def _run(home_netns: int) -> None:
+def _run() -> None:
     from .. import _syscalls
     from . import rtnl as rt
 
-    # This thread talks to the home namespace (ports, /proc/sys/net): a
+    # This thread lives in the home namespace (ports, /proc/sys/net): a
     # thread starts in its creator's namespace, which may be a pod's.
     if os.stat("/proc/thread-self/ns/net").st_ino != rt.HOME_INO:
-        _syscalls.setns(home_netns, 0x40000000)  # CLONE_NEWNET
+        home = rt.home_netns_fd()
+        if home >= 0:
+            _syscalls.setns(home, rt.CLONE_NEWNET)
     global _busy
     delay = _POLL_MIN
     while True:
@@ -138,14 +140,20 @@ def _run(home_netns: int) -> None:
                 _cond.wait()
             batch = [_queue[i] for i in range(min(_SAMPLE, len(_queue)))]
         now = time.monotonic()
-        try:
-            host = rt.shared()
-            indexes = [a.host_index for a, _ in batch if a.host_index and not a.detached]
-            alive = link.existing(host, indexes) if indexes else set()
-        except Exception:
-            alive = {a.host_index for a, _ in batch}  # unknown: try again, delete at the deadline
-        done = [(a, d) for a, d in batch if a.host_index not in alive or a.detached]
-        late = [(a, d) for a, d in batch if a.host_index in alive and not a.detached and now >= d]
+        alive: set[int] = set()  # (ids of attachments whose link is still there)
+        by_ns: dict[int, list["Attachment"]] = {}  # (host sides in the home namespace, or a router's)
+        for a, _ in batch:
+            if a.host_index and not a.detached:
+                by_ns.setdefault(a.host_netns, []).append(a)
+        for ns, group in by_ns.items():
+            try:
+                with rt.in_netns(ns) as host:
+                    still = link.existing(host, [a.host_index for a in group])
+                alive.update(id(a) for a in group if a.host_index in still)
+            except Exception:
+                alive.update(id(a) for a in group)  # unknown: try again, delete at the deadline
+        done = [(a, d) for a, d in batch if id(a) not in alive]
+        late = [(a, d) for a, d in batch if id(a) in alive and now >= d]
         finished = done + late
         if finished:
             gone = {id(a) for a, _ in finished}
