@@ -416,6 +416,12 @@ class Pod:
         if self._net_ns == -1:  # the first start (or the first since a stop): here
             if os.stat("/proc/thread-self/ns/net").st_ino == rtnl.HOME_INO:
                 self._net_ns = _HOME_NS
+            elif spec.ports and getattr(spec.networks[0], "KIND", None) != "cni":
+                # (nsbox's rules would be the process's, in its own namespace,
+                # and the host side elsewhere: a port that leads nowhere; a
+                # CNI network's plugins publish them where they run)
+                raise ConfigError("ports= needs the pod's host side in the process's own network namespace; "
+                                  "this thread is in another one (a pod made inside another pod's namespace)")
             else:
                 fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                 try:

@@ -459,8 +459,69 @@ def test_stop_of_a_pod_behind_a_router_tears_down_in_the_background():
         t.join()
         pod = box["pod"]
         name = pod.host_ifname
-        pod.stop()
-        assert teardown.pending() == 1  # (deferred, not done in stop())
+        kept = os.open(f"/proc/{pod.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # (its link outlives the stop)
+        try:
+            pod.stop()
+            assert teardown.pending() == 1  # (deferred, not done in stop())
+        finally:
+            os.close(kept)
         nsbox.net.settle()
         assert name not in router.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        assert _fds_on(ino) == before
+
+
+def test_ports_of_a_pod_made_inside_another_namespace_are_refused():
+    # Published ports are the process's rules, in its own namespace: a pod
+    # whose host side is elsewhere (behind a router) cannot have them.
+    import threading
+
+    with nsbox.Pod(kinds=("net",)) as router:
+        box = {}
+
+        def make():
+            with router.joined("net"):
+                try:
+                    nsbox.Pod(network=veth(53), ports={18093: 80}).start()
+                except nsbox.ConfigError as e:
+                    box["error"] = e
+
+        t = threading.Thread(target=make)
+        t.start()
+        t.join()
+        assert "own network namespace" in str(box["error"])
+        assert "nsbx" not in router.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+
+
+def test_a_forked_child_does_not_keep_a_routers_namespace_for_queued_teardowns():
+    import threading
+
+    with nsbox.Pod(kinds=("net",)) as router:
+        ino = os.stat(f"/proc/{router.pid}/ns/net").st_ino
+        before = _fds_on(ino)
+        box = {}
+
+        def make():
+            with router.joined("net"):
+                box["pod"] = nsbox.Pod(network=veth(54)).start()
+
+        t = threading.Thread(target=make)
+        t.start()
+        t.join()
+        pod = box["pod"]
+        kept = os.open(f"/proc/{pod.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # (its teardown stays queued)
+        try:
+            pod.stop()
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                os.write(w, str(len(_fds_on(ino))).encode())
+                os._exit(0)
+            os.close(w)
+            child_fds = int(os.read(r, 100))
+            os.close(r)
+            os.waitpid(pid, 0)
+            assert child_fds == len(before)  # (the parent's queued hold is not the child's to keep)
+        finally:
+            os.close(kept)
+        nsbox.net.settle()
         assert _fds_on(ino) == before

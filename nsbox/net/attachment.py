@@ -122,11 +122,15 @@ class Attachment:
             self.detach()
             return
         me = _proc.owner(os.getpid())
-        if me is not None:
-            if self.lease is not None:
-                self.lease = self.lease.transfer(me)
-            if self.published is not None:
-                self.published.transfer_reservations(me)
+        try:
+            if me is not None:
+                if self.lease is not None:
+                    self.lease = self.lease.transfer(me)
+                if self.published is not None:
+                    self.published.transfer_reservations(me)
+        except Exception:
+            self.detach()  # (the handover failed: the old way, now)
+            return
         teardown.defer(self)
 
     def _detach_quietly(self) -> None:

@@ -87,7 +87,11 @@ def socket_in_netns(ns_fd: int) -> socket.socket:
 _shared: Optional["Rtnl"] = None  # the home namespace's
 _shared_lock = threading.Lock()
 # The process's own network namespace (where pods are normally made).
-HOME_INO = os.stat("/proc/self/ns/net").st_ino
+# An fd on it, kept for the process's life (a forked child's own too): how
+# threads born elsewhere (inside a pod) get back, and where a pod made at
+# home restarts whichever thread restarts it.
+_HOME_FD = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+HOME_INO = os.fstat(_HOME_FD).st_ino
 
 
 def shared() -> "Rtnl":
@@ -132,27 +136,10 @@ _held_fds: dict[int, tuple[int, int]] = {}
 _held_lock = threading.RLock()
 
 
-_home_fd = -1  # an fd on the process's own namespace (inherited by a forked child: still its own)
-
-
 def home_netns_fd() -> int:
     """An fd on the process's own network namespace (the one ``HOME_INO``
-    names), whichever namespace the calling thread is in; -1 if none of
-    this thread's and the main thread's is it."""
-    global _home_fd
-    with _shared_lock:
-        if _home_fd < 0:
-            if _shared is not None:
-                return _shared.netns_fd
-            for path in ("/proc/thread-self/ns/net", "/proc/self/ns/net"):
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                if os.fstat(fd).st_ino == HOME_INO:
-                    from .. import _syscalls
-
-                    _home_fd = _syscalls.park(fd)
-                    break
-                os.close(fd)
-        return _home_fd
+    names), whichever namespace the calling thread is in."""
+    return _HOME_FD
 
 
 def hold_netns(netns_fd: int) -> int:

@@ -127,10 +127,12 @@ def _run() -> None:
 
     # This thread lives in the home namespace (ports, /proc/sys/net): a
     # thread starts in its creator's namespace, which may be a pod's.
-    if os.stat("/proc/thread-self/ns/net").st_ino != rt.HOME_INO:
-        home = rt.home_netns_fd()
-        if home >= 0:
-            _syscalls.setns(home, rt.CLONE_NEWNET)
+    try:
+        if os.stat("/proc/thread-self/ns/net").st_ino != rt.HOME_INO:
+            _syscalls.setns(rt.home_netns_fd(), rt.CLONE_NEWNET)
+    except OSError as e:  # (cannot happen: our own namespace; its link checks use explicit fds anyway)
+        warnings.warn(f"nsbox: the teardown thread could not move to the process's network namespace: {e}",
+                      RuntimeWarning, stacklevel=1)
     global _busy
     delay = _POLL_MIN
     while True:
@@ -196,7 +198,13 @@ def _at_exit() -> None:
 def _forget() -> None:
     # A forked child has no reaper thread; the parent tears its pods down.
     global _thread, _busy, _cond
+    from . import rtnl as rt
+
     _cond = threading.Condition()  # (another thread may have held it at fork)
+    for att, _ in _queue:
+        if att.owns_host_netns:  # (a router's namespace: the child must not keep it alive)
+            rt.release_netns(att.host_netns)
+            att.owns_host_netns = False
     _queue.clear()
     _errors.clear()
     _busy = 0
