@@ -260,28 +260,41 @@ def _fds_on(ino):
     return out
 
 
+def _behind(router, **kwargs):
+    """``nsbox.Pod(**kwargs)`` started from a thread inside ``router``'s
+    network namespace: its host ends are the router's."""
+    import threading
+
+    box = {}
+
+    def make():
+        try:
+            with router.joined("net"):
+                box["pod"] = nsbox.Pod(**kwargs).start()
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=make)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["pod"]
+
+
 def test_pods_made_inside_another_namespace_share_one_fd_on_it():
     # Pods whose host ends live in another namespace (made from a thread
     # inside a "router" pod) hold one fd on that namespace between them, not
     # one each (10,000 such pods would not fit the fd limit); the last one
     # stopped closes it.
-    import threading
 
     with nsbox.Pod(kinds=("net",)) as router:
         ino = os.stat(f"/proc/{router.pid}/ns/net").st_ino
         before = _fds_on(ino)
         pods = []
-
-        def make():
-            with router.joined("net"):
-                for n in (46, 47, 48):
-                    pods.append(nsbox.Pod(network=veth(n)).start())
-
-        t = threading.Thread(target=make)
-        t.start()
-        t.join()
         try:
-            assert len(pods) == 3
+            for n in (46, 47, 48):
+                pods.append(_behind(router, network=veth(n)))
             assert len(_fds_on(ino)) == len(before) + 1
             r = router.run(["ping", "-c", "1", "-W", "2", str(pods[1].address.ip)], capture_output=True)
             assert r.returncode == 0  # (the host ends are the router's)
@@ -293,6 +306,7 @@ def test_pods_made_inside_another_namespace_share_one_fd_on_it():
             assert len(_fds_on(ino)) == len(before) + 1
         finally:
             nsbox.stop_all(pods)
+        nsbox.net.settle()  # (pods[0]'s host side went to the background teardown)
         assert _fds_on(ino) == before
         assert "nsbx" not in router.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
 
@@ -308,16 +322,7 @@ def test_a_pod_behind_a_router_restarts_behind_it():
     import time
 
     with nsbox.Pod(kinds=("net",)) as router:
-        box = {}
-
-        def make():
-            with router.joined("net"):
-                box["pod"] = nsbox.Pod(network=veth(49), restart=True).start()
-
-        t = threading.Thread(target=make)
-        t.start()
-        t.join()
-        pod = box["pod"]
+        pod = _behind(router, network=veth(49), restart=True)
         try:
             def in_router(name):
                 return name in router.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
@@ -346,22 +351,12 @@ def test_a_pod_behind_a_router_restarts_behind_it():
 
 def test_a_pod_behind_a_router_that_exited_lets_go_of_the_router_once_stopped():
     import signal
-    import threading
     import time
 
     with nsbox.Pod(kinds=("net",)) as router:
         ino = os.stat(f"/proc/{router.pid}/ns/net").st_ino
         before = _fds_on(ino)
-        box = {}
-
-        def make():
-            with router.joined("net"):
-                box["pod"] = nsbox.Pod(network=veth(50)).start()
-
-        t = threading.Thread(target=make)
-        t.start()
-        t.join()
-        pod = box["pod"]
+        pod = _behind(router, network=veth(50))
         os.kill(pod.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
         while pod.status().state != "exited" and time.monotonic() < deadline:
@@ -374,21 +369,11 @@ def test_a_pod_behind_a_router_that_exited_lets_go_of_the_router_once_stopped():
 
 
 def test_a_failed_restart_keeps_the_pod_behind_its_router(monkeypatch):
-    import threading
 
     from nsbox.net import podnet
 
     with nsbox.Pod(kinds=("net",)) as router:
-        box = {}
-
-        def make():
-            with router.joined("net"):
-                box["pod"] = nsbox.Pod(network=veth(51)).start()
-
-        t = threading.Thread(target=make)
-        t.start()
-        t.join()
-        pod = box["pod"]
+        pod = _behind(router, network=veth(51))
         try:
             real = podnet.PodNetwork.attach
 
@@ -441,23 +426,13 @@ def test_stop_of_a_pod_behind_a_router_tears_down_in_the_background():
     # As for a pod whose host end is at home: stop() returns without waiting
     # for the link's deletion (an RCU grace period), and the background
     # teardown finishes it in the router's namespace.
-    import threading
 
     from nsbox.net import teardown
 
     with nsbox.Pod(kinds=("net",)) as router:
         ino = os.stat(f"/proc/{router.pid}/ns/net").st_ino
         before = _fds_on(ino)
-        box = {}
-
-        def make():
-            with router.joined("net"):
-                box["pod"] = nsbox.Pod(network=veth(52)).start()
-
-        t = threading.Thread(target=make)
-        t.start()
-        t.join()
-        pod = box["pod"]
+        pod = _behind(router, network=veth(52))
         name = pod.host_ifname
         kept = os.open(f"/proc/{pod.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # (its link outlives the stop)
         try:
@@ -473,41 +448,19 @@ def test_stop_of_a_pod_behind_a_router_tears_down_in_the_background():
 def test_ports_of_a_pod_made_inside_another_namespace_are_refused():
     # Published ports are the process's rules, in its own namespace: a pod
     # whose host side is elsewhere (behind a router) cannot have them.
-    import threading
 
     with nsbox.Pod(kinds=("net",)) as router:
-        box = {}
-
-        def make():
-            with router.joined("net"):
-                try:
-                    nsbox.Pod(network=veth(53), ports={18093: 80}).start()
-                except nsbox.ConfigError as e:
-                    box["error"] = e
-
-        t = threading.Thread(target=make)
-        t.start()
-        t.join()
-        assert "own network namespace" in str(box["error"])
+        with pytest.raises(nsbox.ConfigError, match="own network namespace"):
+            _behind(router, network=veth(53), ports={18093: 80})
         assert "nsbx" not in router.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
 
 
 def test_a_forked_child_does_not_keep_a_routers_namespace_for_queued_teardowns():
-    import threading
 
     with nsbox.Pod(kinds=("net",)) as router:
         ino = os.stat(f"/proc/{router.pid}/ns/net").st_ino
         before = _fds_on(ino)
-        box = {}
-
-        def make():
-            with router.joined("net"):
-                box["pod"] = nsbox.Pod(network=veth(54)).start()
-
-        t = threading.Thread(target=make)
-        t.start()
-        t.join()
-        pod = box["pod"]
+        pod = _behind(router, network=veth(54))
         kept = os.open(f"/proc/{pod.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # (its teardown stays queued)
         try:
             pod.stop()
