@@ -56,23 +56,6 @@ class PodStatus:
         return self.state == "running"
 
 
-def _go_home() -> None:
-    """Move the calling thread to the process's own network namespace if it
-    was born elsewhere (started by a thread inside a pod): a long-lived
-    thread there would keep that namespace alive.  Best effort."""
-    from . import _syscalls
-    from .net import rtnl
-
-    try:
-        if os.stat("/proc/thread-self/ns/net").st_ino == rtnl.HOME_INO:
-            return
-        fd = rtnl.home_netns_fd()
-        if fd >= 0:
-            _syscalls.setns(fd, rtnl.CLONE_NEWNET)
-    except OSError:
-        pass
-
-
 class _Watcher:
     """One thread, one epoll set: fds that report a holder's death -> its pod.
 
@@ -140,7 +123,9 @@ class _Watcher:
             self._lock.release()
 
     def _run(self) -> None:
-        _go_home()  # (and so do the restart timers it starts)
+        from .net import rtnl
+
+        rtnl.go_home()  # (and so do the restart timers it starts)
         while True:
             with self._lock:
                 ep = self._epoll

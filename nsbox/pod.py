@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 from . import _proc, _syscalls, lifecycle
-from .errors import ConfigError, NetworkError, NotRunningError
+from .errors import ConfigError, NotRunningError
 from .holder import Holder
 from .kinds import DEFAULT_KINDS, KindsArg, flags_of, parse_kinds
 from .members import Members, terminate_all
@@ -413,8 +413,9 @@ class Pod:
             # (a CNI network's plugins publish the ports at ADD, and name the pod in CNI_ARGS)
             return PodNetwork.attach(spec.networks, netns, pid, ports=spec.ports, pod_name=self.name)
 
+        here = os.stat("/proc/thread-self/ns/net").st_ino
         if self._net_ns == -1:  # the first start (or the first since a stop): here
-            if os.stat("/proc/thread-self/ns/net").st_ino == rtnl.HOME_INO:
+            if here == rtnl.HOME_INO:
                 self._net_ns = _HOME_NS
             elif spec.ports and getattr(spec.networks[0], "KIND", None) != "cni":
                 # (nsbox's rules would be the process's, in its own namespace,
@@ -428,17 +429,16 @@ class Pod:
                     self._net_ns, self._net_ns_held = rtnl.hold_netns(fd), True
                 finally:
                     os.close(fd)
-        return self._in_net_ns(attach, undo=lambda net: net.detach(background=False))
+        return self._in_net_ns(attach, undo=lambda net: net.detach(background=False), here=here)
 
-    def _in_net_ns(self, fn: Callable[[], T], undo: Optional[Callable[[T], Any]] = None) -> T:
+    def _in_net_ns(self, fn: Callable[[], T], undo: Optional[Callable[[T], Any]] = None, here: int = 0) -> T:
         """``fn()`` in the namespace of ``_net_ns`` (set): here if this
-        thread is in it, else on a helper thread inside it.  (Lock held.)"""
-        here = os.stat("/proc/thread-self/ns/net").st_ino
+        thread is in it (``here``: its inode, if known), else on a helper
+        thread inside it.  (Lock held.)"""
+        here = here or os.stat("/proc/thread-self/ns/net").st_ino
         fd = rtnl.home_netns_fd() if self._net_ns == _HOME_NS else self._net_ns
         if (rtnl.HOME_INO if self._net_ns == _HOME_NS else os.fstat(fd).st_ino) == here:
             return fn()
-        if fd < 0:
-            raise NetworkError(errno.ENOENT, "the process's own network namespace cannot be entered (no fd on it)")
         return rtnl.call_in_netns(fd, fn, undo)
 
     def _forget_net_ns(self) -> None:

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Optional, TypeVar
 from ..errors import NetworkError
 
 __all__ = ["Rtnl", "Request", "Answer", "socket_in_netns", "shared", "shared_in", "in_netns", "HEADER",
-           "hold_netns", "release_netns", "call_in_netns", "home_netns_fd"]
+           "hold_netns", "release_netns", "call_in_netns", "home_netns_fd", "go_home"]
 
 NETLINK_ROUTE = 0
 CLONE_NEWNET = 0x40000000
@@ -140,6 +140,20 @@ def home_netns_fd() -> int:
     """An fd on the process's own network namespace (the one ``HOME_INO``
     names), whichever namespace the calling thread is in."""
     return _HOME_FD
+
+
+def go_home() -> None:
+    """Move the calling thread to the process's own network namespace if it
+    is elsewhere (a thread started by a thread inside a pod): a long-lived
+    thread there would keep that namespace alive, and talk to the wrong one.
+    Best effort (it cannot fail for our own namespace)."""
+    from .. import _syscalls
+
+    try:
+        if os.stat("/proc/thread-self/ns/net").st_ino != HOME_INO:
+            _syscalls.setns(_HOME_FD, CLONE_NEWNET)
+    except OSError:  # pragma: no cover
+        pass
 
 
 def hold_netns(netns_fd: int) -> int:

@@ -122,17 +122,11 @@ def retry_settled(fn: Callable[[], T]) -> T:
 
 
 def _run() -> None:
-    from .. import _syscalls
     from . import rtnl as rt
 
     # This thread lives in the home namespace (ports, /proc/sys/net): a
     # thread starts in its creator's namespace, which may be a pod's.
-    try:
-        if os.stat("/proc/thread-self/ns/net").st_ino != rt.HOME_INO:
-            _syscalls.setns(rt.home_netns_fd(), rt.CLONE_NEWNET)
-    except OSError as e:  # (cannot happen: our own namespace; its link checks use explicit fds anyway)
-        warnings.warn(f"nsbox: the teardown thread could not move to the process's network namespace: {e}",
-                      RuntimeWarning, stacklevel=1)
+    rt.go_home()
     global _busy
     delay = _POLL_MIN
     while True:
