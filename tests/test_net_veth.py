@@ -478,3 +478,41 @@ def test_a_forked_child_does_not_keep_a_routers_namespace_for_queued_teardowns()
             os.close(kept)
         nsbox.net.settle()
         assert _fds_on(ino) == before
+
+
+def _netnsid(host_ifname):
+    out = subprocess.run(["ip", "-o", "link", "show", "dev", host_ifname], capture_output=True, text=True, check=True).stdout
+    return int(out.split("link-netnsid ")[1].split()[0])
+
+
+def test_pod_namespaces_get_ids_counting_down_from_the_top():
+    # The newest pod's namespace id comes first in the kernel's walk (see link._next_netns_id).
+    with nsbox.Pod(network=veth(60)) as a, nsbox.Pod(network=veth(61)) as b:
+        first, second = _netnsid(a.host_ifname), _netnsid(b.host_ifname)
+        assert 1 << 30 <= second < first < (1 << 31) - 1 or second == (1 << 31) - 2  # (or it wrapped)
+        assert first - second == 1 or second == (1 << 31) - 2
+
+
+def test_a_taken_namespace_id_is_left_to_the_kernel(monkeypatch):
+    from nsbox.net import link
+    with nsbox.Pod(network=veth(62)) as a:
+        taken = _netnsid(a.host_ifname)
+        monkeypatch.setattr(link, "_next_netns_id", lambda: taken)
+        with nsbox.Pod(network=veth(63)) as b:
+            assert _netnsid(b.host_ifname) != taken
+            assert ping([], "10.210.63.2").returncode == 0
+
+
+def test_a_forked_child_counts_down_other_ids():
+    from nsbox.net import link
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, str(link._next_netns_id()).encode())
+        os._exit(0)
+    os.close(w)
+    child = int(os.read(r, 20))
+    os.close(r)
+    os.waitpid(pid, 0)
+    # Without a fresh start the child would have given the parent's next id.
+    assert child != link._next_netns_id()

@@ -272,11 +272,12 @@ def attach(host: rt.Rtnl, pod_netns_fd: int, *, ifname: str, address: Interface,
                 link.check_unused(host, on_link, address)
                 name, index, peer_index = link.create_pair(
                     host, pod_netns_fd, ifname, host_ifname, mtu=mtu, mac=mac, host_mac=host_mac,
-                    master=master, host_address=on_link, peer_index=peer_index, ipv6=ipv6)
+                    master=master, host_address=on_link, peer_index=peer_index, ipv6=ipv6,
+                    new_netns=primary)
         else:
             name, index, peer_index = link.create_pair(
                 host, pod_netns_fd, ifname, host_ifname, mtu=mtu, mac=mac, host_mac=host_mac,
-                master=master, peer_index=peer_index, ipv6=ipv6)
+                master=master, peer_index=peer_index, ipv6=ipv6, new_netns=primary)
     except BaseException:
         if lease is not None:
             lease.release()

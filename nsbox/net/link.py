@@ -7,6 +7,7 @@ what a pod ends up owning is an :class:`~nsbox.net.attachment.Attachment`.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import struct
 import threading
@@ -203,11 +204,14 @@ def _route_link(rtnl: Rtnl, raw: bytes) -> str:
 def create_pair(host: Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Optional[str], *,
                 mtu: Optional[int] = None, mac: Optional[str] = None, host_mac: Optional[str] = None,
                 master: Optional[int] = None, host_address: Optional[Interface] = None,
-                peer_index: int = 0, ipv6: bool = False) -> tuple[str, int, int]:
+                peer_index: int = 0, ipv6: bool = False, new_netns: bool = False) -> tuple[str, int, int]:
     """Create the veth pair — the pod end born inside the pod (with ifindex
     ``peer_index`` if given), the host end up, in ``master``, with
     ``host_address`` — in one round trip: the host end gets an ifindex
     chosen here, so its address can go in the same batch.
+
+    ``new_netns``: the pod's namespace has no link to ``host``'s yet (its
+    first network), so it gets an id there first (see :func:`_next_netns_id`).
 
     Returns ``(host name, host ifindex, pod end ifindex or 0)``; on failure
     nothing is left behind."""
@@ -228,7 +232,12 @@ def create_pair(host: Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Optiona
             reqs += up
         if host_address is not None:
             reqs.append(msg.addr_add(index, name, host_address))
-        errors = host.run(reqs)
+        if new_netns:
+            reqs.insert(0, msg.netns_id(pod_netns_fd, _next_netns_id()))
+            new_netns = False  # (whatever it answers: the kernel gives one itself otherwise)
+            errors = host.run(reqs)[1:]
+        else:
+            errors = host.run(reqs)
         err = errors[0]
         if err is None:
             try:
@@ -251,6 +260,39 @@ def create_pair(host: Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Optiona
         if host_ifname and err.errno == errno.EEXIST:
             raise NetworkError(errno.EEXIST, f"host interface name {host_ifname!r} is taken; pick another or leave host_ifname unset")
     raise NetworkError(errno.EEXIST, f"no free host interface name after {tries} random tries")
+
+
+# Namespace ids.  Every notification about a host end names the namespace
+# of its peer by its id in the host's namespace, and the kernel finds that
+# id by walking the host's ids in ascending order (peernet2id: idr_for_each)
+# until it meets the pod's.  The kernel gives each new namespace the lowest
+# free id, so the newest pod's is the highest: three walks over every pod
+# per veth (its creation, its up, its carrier), the largest term that grew
+# in the creator itself at 10,000 pods (issue 13).  nsbox gives each pod's
+# namespace an id itself instead, counting *down* from the top of the range,
+# so the newest pod's id comes first in the walk and only the namespaces
+# named by someone else (small ids) come before it.  An id that is taken
+# (another process counting down the same ids) is simply not given: the
+# kernel then picks one itself, as it always did.
+_NSID_LOW, _NSID_SPAN = 1 << 30, (1 << 31) - 1 - (1 << 30)
+_nsid_start, _nsids = 0, itertools.count()
+
+
+def _next_netns_id() -> int:
+    """The next id to give a pod's namespace: counting down through
+    [2^30, 2^31 - 1), from a random start per process (itertools.count's
+    next() is atomic under the GIL: no lock)."""
+    return _NSID_LOW + (_nsid_start - next(_nsids)) % _NSID_SPAN
+
+
+def _reseed_netns_ids() -> None:
+    global _nsid_start, _nsids
+    _nsid_start = int.from_bytes(os.urandom(4), "big") % _NSID_SPAN
+    _nsids = itertools.count()
+
+
+_reseed_netns_ids()
+os.register_at_fork(after_in_child=_reseed_netns_ids)  # (a child would count down the parent's ids)
 
 
 def _in_its_namespace(host: Rtnl) -> bool:

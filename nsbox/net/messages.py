@@ -33,6 +33,7 @@ from .rtnl import HEADER, Request
 __all__ = [
     "CREATE", "REPLACE", "CHANGE", "veth", "bridge", "link_set", "link_up", "link_del",
     "get_link", "get_link_by_index", "addr_add", "addr_del", "route_add", "fib_match", "qdisc", "qdisc_del",
+    "netns_id",
 ]
 
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
@@ -159,6 +160,20 @@ def _veth_msg(name: str, peer: str, peer_netns_fd: int, mtu: Optional[int], mac:
     m["index"] = index
     m["attrs"] = attrs
     return m
+
+
+RTM_NEWNSID = 88
+NETNSA_NSID, NETNSA_FD = 1, 3
+# nlmsghdr (type, flags and seq patched by rtnl), struct rtgenmsg (family,
+# padded to 4), NETNSA_NSID (s32), NETNSA_FD (u32).
+_NSID_MSG = struct.Struct("=IHHII4xHHiHHI")
+
+
+def netns_id(netns_fd: int, nsid: int) -> Request:
+    """Give the namespace ``netns_fd`` the id ``nsid`` in the socket's own
+    namespace (what ``ip netns set NAME NSID`` does)."""
+    raw = bytearray(_NSID_MSG.pack(_NSID_MSG.size, RTM_NEWNSID, 0, 0, 0, 8, NETNSA_NSID, nsid, 8, NETNSA_FD, netns_fd))
+    return Request(raw, RTM_NEWNSID, CREATE, "naming the pod's namespace {} here", nsid)
 
 
 def bridge(name: str) -> Request:
