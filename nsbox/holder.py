@@ -45,32 +45,30 @@ _getfd_refused = False
 # started after _getfd_refused), and by os.fork() (its before-fork hook): a
 # process forked then would keep a copy of it, and the holder's death would
 # not close the pipe.  (subprocess's vfork+exec children close it at exec:
-# it is close-on-exec.)
-_no_fork = threading.Lock()
-
-
-# Whether this thread's os.fork() took _no_fork: an exception in the
-# before-fork hook (Ctrl-C while waiting for the lock) is only logged by
-# CPython, which forks anyway; the after-fork hook must then not release a
-# lock that another thread holds.
-_fork_hook = threading.local()
+# it is close-on-exec.)  An RLock, released after the fork only if this
+# thread holds it: an exception in the before-fork hook (Ctrl-C while
+# waiting for the lock, or just after taking it) is only logged by CPython,
+# which forks anyway, whether the lock was taken or not; a flag set after
+# acquire() left a window where it was taken and not known to be.  (And a
+# signal handler that forks while its thread holds the lock does not
+# deadlock.)
+_no_fork = threading.RLock()
 
 
 def _no_fork_before() -> None:
     _no_fork.acquire()
-    _fork_hook.held = True
 
 
 def _no_fork_in_parent() -> None:
-    if getattr(_fork_hook, "held", False):
-        _fork_hook.held = False
+    try:
         _no_fork.release()
+    except RuntimeError:
+        pass  # (not taken by this thread: see above)
 
 
 def _no_fork_in_child() -> None:
     global _no_fork
-    _no_fork = threading.Lock()
-    _fork_hook.held = False
+    _no_fork = threading.RLock()
 
 
 # (Looked up at each fork: the child gets a fresh lock, the held copy is dropped.)

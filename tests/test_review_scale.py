@@ -220,26 +220,49 @@ def test_a_holder_blocks_every_signal_but_the_kernels(kinds):
         assert blocked == "fffffffffffbfa37"
 
 
+class _InterruptedLock:
+    """An RLock's ownership rules, interrupted in acquire() before or after
+    taking the lock (``take``), as a Ctrl-C in os.fork()'s before-hook."""
+
+    def __init__(self, take: bool):
+        self.take, self.owner, self.released = take, None, 0
+
+    def acquire(self):
+        if self.take:
+            self.owner = threading.get_ident()
+        raise KeyboardInterrupt
+
+    def release(self):
+        if self.owner != threading.get_ident():
+            raise RuntimeError("cannot release un-acquired lock")
+        self.owner = None
+        self.released += 1
+
+
+def _fork_with(monkeypatch, lock):
+    monkeypatch.setattr(nsbox.holder, "_no_fork", lock)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the interrupt, logged by CPython)
 def test_an_interrupted_before_fork_hook_does_not_release_another_threads_lock(monkeypatch):
     # A Ctrl-C while os.fork()'s before-hook waits for nsbox's fork lock is
     # only logged by CPython, which forks anyway; the after-hook released the
     # lock all the same -- the one another thread held while a lifeline's
     # write end was open.
-    class Lock:
-        def __init__(self):
-            self.released = 0
-
-        def acquire(self):
-            raise KeyboardInterrupt  # (as if interrupted while waiting)
-
-        def release(self):
-            self.released += 1
-
-    lock = Lock()
-    monkeypatch.setattr(nsbox.holder, "_no_fork", lock)
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
+    lock = _InterruptedLock(take=False)
+    _fork_with(monkeypatch, lock)
     assert lock.released == 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_before_fork_hook_interrupted_just_after_taking_the_lock_releases_it(monkeypatch):
+    # The same Ctrl-C just after acquire() returned: the lock was taken, and
+    # a flag set after acquire() did not say so; it stayed taken for good
+    # (every later fork and holder start of the process hung).
+    lock = _InterruptedLock(take=True)
+    _fork_with(monkeypatch, lock)
+    assert lock.released == 1 and lock.owner is None

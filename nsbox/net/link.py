@@ -269,25 +269,28 @@ def create_pair(host: Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Optiona
 # free id, so the newest pod's is the highest: three walks over every pod
 # per veth (its creation, its up, its carrier), the largest term that grew
 # in the creator itself at 10,000 pods (issue 13).  nsbox gives each pod's
-# namespace an id itself instead, counting *down* from the top of the range,
-# so the newest pod's id comes first in the walk and only the namespaces
-# named by someone else (small ids) come before it.  An id that is taken
-# (another process counting down the same ids) is simply not given: the
-# kernel then picks one itself, as it always did.
+# namespace an id itself instead, counting *down*, so the newest pod's id
+# comes first in the walk and only the namespaces named by someone else
+# (small ids) come before it.  (Giving the id walks all of them once, to see
+# that the namespace has none yet: one walk per pod instead of three.)  An
+# id that is taken (another process counting down the same ids) is simply
+# not given: the kernel then picks one itself, as it always did.
 _NSID_LOW, _NSID_SPAN = 1 << 30, (1 << 31) - 1 - (1 << 30)
 _nsid_start, _nsids = 0, itertools.count()
 
 
 def _next_netns_id() -> int:
     """The next id to give a pod's namespace: counting down through
-    [2^30, 2^31 - 1), from a random start per process (itertools.count's
-    next() is atomic under the GIL: no lock)."""
+    [2^30, 2^31 - 1), from a random start per process in its upper half, so
+    that a process wraps (and the order turns) only after 2^29 pods.
+    (itertools.count's next() is atomic under the GIL: no lock; without a
+    GIL two threads may get one id, and the second is refused: harmless.)"""
     return _NSID_LOW + (_nsid_start - next(_nsids)) % _NSID_SPAN
 
 
 def _reseed_netns_ids() -> None:
     global _nsid_start, _nsids
-    _nsid_start = int.from_bytes(os.urandom(4), "big") % _NSID_SPAN
+    _nsid_start = _NSID_SPAN // 2 + int.from_bytes(os.urandom(4), "big") % (_NSID_SPAN - _NSID_SPAN // 2)
     _nsids = itertools.count()
 
 

@@ -171,9 +171,12 @@ _NSID_MSG = struct.Struct("=IHHII4xHHiHHI")
 
 def netns_id(netns_fd: int, nsid: int) -> Request:
     """Give the namespace ``netns_fd`` the id ``nsid`` in the socket's own
-    namespace (what ``ip netns set NAME NSID`` does)."""
+    namespace (what ``ip netns set NAME NSID`` does; EEXIST if it has one,
+    or if another namespace has that id)."""
     raw = bytearray(_NSID_MSG.pack(_NSID_MSG.size, RTM_NEWNSID, 0, 0, 0, 8, NETNSA_NSID, nsid, 8, NETNSA_FD, netns_fd))
-    return Request(raw, RTM_NEWNSID, CREATE, "naming the pod's namespace {} here", nsid)
+    r = Request(raw, RTM_NEWNSID, CREATE, "giving the pod's network namespace the id {}", nsid)
+    r.aside = True  # (create_pair ignores its answer)
+    return r
 
 
 def bridge(name: str) -> Request:

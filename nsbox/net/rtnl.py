@@ -51,12 +51,15 @@ class Request:
 
     ``what`` says what it does, for error messages: a ``str.format`` string
     and its ``args``, formatted only when needed (formatting addresses for
-    every request costs more than encoding the message)."""
+    every request costs more than encoding the message).  An ``aside`` (a
+    request whose refusal the caller ignores) is not the one a batch's
+    timeout names."""
 
-    __slots__ = ("msg", "type", "flags", "_what", "_args")
+    __slots__ = ("msg", "type", "flags", "_what", "_args", "aside")
 
     def __init__(self, msg: Any, type: int, flags: int, what: str, *args: Any):
         self.msg, self.type, self.flags, self._what, self._args = msg, type, flags, what, args
+        self.aside = False
 
     @property
     def what(self) -> str:
@@ -342,7 +345,9 @@ class Rtnl:
             replies: dict[int, list[bytes]] = {}
             first = seqs[0] if seqs else 0
             while len(errors) < len(seqs):
-                data, sender = self._recv(requests[0])
+                data, sender = self._recv(lambda: next(  # (on a timeout: the first unanswered request)
+                    (requests[i] for i, s in enumerate(seqs) if s not in errors and not requests[i].aside),
+                    requests[0]).what)
                 if sender != 0:
                     continue  # not from the kernel
                 off = 0
@@ -363,7 +368,7 @@ class Rtnl:
                     off += (length + 3) & ~3
             return [Answer(errors[s], replies.get(s, [])) for s in seqs]
 
-    def _recv(self, first: Request) -> tuple[bytes, int]:
+    def _recv(self, waiting_for: Callable[[], str]) -> tuple[bytes, int]:
         """The next datagram and its sender.  The kernel handles a request
         inside send() and queues the answer before send() returns, so it is
         read without waiting (no poll() per answer); poll only if it is not
@@ -381,7 +386,7 @@ class Rtnl:
             poller = select.poll()  # (select() fails for fds >= 1024)
             poller.register(self.sock, select.POLLIN)
             if not poller.poll(_TIMEOUT * 1000):
-                raise NetworkError(errno.ETIMEDOUT, f"{first.what}: no answer from the kernel")
+                raise NetworkError(errno.ETIMEDOUT, f"{waiting_for()}: no answer from the kernel")
 
 
 def _refusal(code: int, body: bytes, flags: int, request: Request) -> NetworkError:
