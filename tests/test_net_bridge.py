@@ -178,6 +178,7 @@ def test_name_of_a_non_bridge_link():
         (("nsbtx", "10.223.0.0/24"), {"address": "10.223.0.255"}, "broadcast"),
         (("a very long bridge name", "10.223.0.0/24"), {}, "1 to 15 bytes"),
         (("br/0", "10.223.0.0/24"), {}, "must not contain"),
+        (("nsbtx", "10.223.0.0/24"), {"multicast_snooping": "yes"}, "True or False"),
     ],
 )
 def test_bad_bridge_arguments(args, kwargs, match):
@@ -418,3 +419,48 @@ def test_ipam_takes_over_leases_of_the_older_form(tmp_path, monkeypatch):
     for a in ("10.228.3.2", "10.228.3.3"):
         ipam.release(ipaddress.ip_address(a), me)
     assert not (tmp_path / "run" / "ipam").exists()
+
+
+def _sys(bridge_name, attr):
+    with open(f"/sys/class/net/{bridge_name}/{attr}") as f:
+        return f.read().strip()
+
+
+def test_a_bridge_nsbox_makes_keeps_its_own_mac_and_floods_multicast(bridge):
+    # Issue 13: without a MAC of its own the bridge takes its ports' lowest
+    # and recomputes it at every port added (and the pods' gateway changes
+    # MAC under their ARP caches as pods come and go); with snooping on,
+    # every port's up re-arms multicast snooping on every other port.
+    with nsbox.Pod(network=bridge) as a:
+        mac = _sys(bridge.name, "address")
+        assert _sys(bridge.name, "addr_assign_type") == "3"  # NET_ADDR_SET
+        assert int(mac.split(":")[0], 16) & 0x03 == 0x02  # unicast, locally administered
+        assert _sys(bridge.name, "bridge/multicast_snooping") == "0"
+        with nsbox.Pod(network=bridge) as b, nsbox.Pod(network=bridge):
+            assert _sys(bridge.name, "address") == mac
+            assert a.run(["ping", "-c", "1", "-W", "2", str(b.address.ip)], capture_output=True).returncode == 0
+        assert _sys(bridge.name, "address") == mac
+
+
+def test_multicast_snooping_when_asked_and_in_the_configuration():
+    br = nsbox.Bridge("nsbtmc", subnet="10.226.0.0/24", multicast_snooping=True)
+    try:
+        with nsbox.Pod(network=br):
+            assert _sys("nsbtmc", "bridge/multicast_snooping") == "1"
+    finally:
+        br.remove()
+    assert nsbox.net.network_from_dict(br.to_dict()) == br
+    older = {k: v for k, v in nsbox.Bridge("nsbtmc", subnet="10.226.0.0/24").to_dict().items() if k != "multicast_snooping"}
+    assert nsbox.net.network_from_dict(older).multicast_snooping is False  # (a record of an older nsbox)
+
+
+def test_ipv6_pods_on_a_bridge_find_each_other():
+    # Neighbour discovery is multicast: with snooping off it is flooded to
+    # every port, with no querier needed.
+    br = nsbox.Bridge("nsbt6", subnet="fd00:226::/64")
+    try:
+        with nsbox.Pod(network=br) as a, nsbox.Pod(network=br) as b:
+            r = a.run(["ping", "-6", "-c", "1", "-W", "3", str(b.address.ip)], capture_output=True, text=True)
+            assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        br.remove()

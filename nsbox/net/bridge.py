@@ -38,6 +38,16 @@ _known: dict[tuple[str, str], int] = {}
 os.register_at_fork(after_in_child=_known.clear)
 
 
+def _random_mac() -> str:
+    """A random unicast, locally administered MAC address.  A bridge made
+    without one takes the lowest of its ports' and changes it as ports come
+    and go (each time, the pods' gateway changes its MAC under their ARP
+    caches), and recomputes it at every port added."""
+    b = bytearray(os.urandom(6))
+    b[0] = (b[0] & 0xFE) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
+
+
 class Bridge(NetworkConfig):
     """A Linux bridge shared by pods, with IPAM.
 
@@ -54,6 +64,15 @@ class Bridge(NetworkConfig):
     instead of the next free one.  ``ifname``, ``host_ifname``, ``mtu`` and
     ``mac`` are as for :class:`nsbox.Veth`, and so are the shaping keywords
     ``delay``, ``jitter``, ``loss`` and ``rate`` (applied to the pod's port).
+
+    A bridge nsbox makes has a MAC address of its own (random, locally
+    administered), so the pods' gateway keeps its MAC as pods come and go,
+    and multicast snooping off unless ``multicast_snooping=True``: every
+    multicast frame then reaches every pod on the bridge, as on a plain
+    switch, with no dependence on an IGMP/MLD querier, and adding a port
+    does not re-arm snooping on every other port (docs/networking.md).
+    Both apply when nsbox creates the bridge; a bridge that exists is
+    used as it is.
     """
 
     def __init__(
@@ -71,8 +90,12 @@ class Bridge(NetworkConfig):
         jitter: Any = None,
         loss: Optional[float] = None,
         rate: Any = None,
+        multicast_snooping: bool = False,
     ):
         self.name = check_ifname(name, "bridge name")
+        if not isinstance(multicast_snooping, bool):
+            raise ConfigError(f"multicast_snooping must be True or False, not {multicast_snooping!r}")
+        self.multicast_snooping = multicast_snooping
         self.shaping = Shaping.parse(delay, jitter, loss, rate)
         try:
             self.subnet = ipaddress.ip_network(subnet)
@@ -117,6 +140,7 @@ class Bridge(NetworkConfig):
             "mtu": self.mtu,
             "mac": self.mac,
             **self.shaping.to_kwargs(),
+            "multicast_snooping": self.multicast_snooping,
         }
 
     def check_publishable(self) -> None:
@@ -189,7 +213,7 @@ class Bridge(NetworkConfig):
         refused, never adopted."""
         info = link_info(host, self.name)
         if info is None:
-            host.check([msg.bridge(self.name)])
+            host.check([msg.bridge(self.name, mac=_random_mac(), multicast_snooping=self.multicast_snooping)])
             index = index_of(host, self.name)
             errors = host.run([msg.addr_add(index, self.name, self.gateway),
                                msg.link_set(index, self.name, up=True, alias=self._alias)])

@@ -179,9 +179,14 @@ def netns_id(netns_fd: int, nsid: int) -> Request:
     return r
 
 
-def bridge(name: str) -> Request:
+def bridge(name: str, mac: Optional[str] = None, multicast_snooping: bool = True) -> Request:
     m = ifinfmsg()
-    m["attrs"] = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})]
+    info: list = [("IFLA_INFO_KIND", "bridge")]
+    if not multicast_snooping:
+        info.append(("IFLA_INFO_DATA", {"attrs": [("IFLA_BR_MCAST_SNOOPING", 0)]}))
+    m["attrs"] = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": info})]
+    if mac is not None:
+        m["attrs"].append(("IFLA_ADDRESS", mac))
     return Request(m, RTM_NEWLINK, CREATE, "creating bridge {}", name)
 
 
