@@ -68,9 +68,9 @@ class Bridge(NetworkConfig):
     A bridge nsbox makes has a MAC address of its own (random, locally
     administered), so the pods' gateway keeps its MAC as pods come and go,
     and multicast snooping off unless ``multicast_snooping=True``: every
-    multicast frame then reaches every pod on the bridge, as on a plain
-    switch, with no dependence on an IGMP/MLD querier, and adding a port
-    does not re-arm snooping on every other port (docs/networking.md).
+    multicast frame reaches every pod on the bridge, as on a plain switch,
+    querier or not, and adding a port does not re-arm snooping on every
+    other port (docs/networking.md).
     Both apply when nsbox creates the bridge; a bridge that exists is
     used as it is.
     """
@@ -140,7 +140,8 @@ class Bridge(NetworkConfig):
             "mtu": self.mtu,
             "mac": self.mac,
             **self.shaping.to_kwargs(),
-            "multicast_snooping": self.multicast_snooping,
+            # (only when on: a record an older nsbox can still read)
+            **({"multicast_snooping": True} if self.multicast_snooping else {}),
         }
 
     def check_publishable(self) -> None:
