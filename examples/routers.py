@@ -3,14 +3,13 @@
 A veth pod's host end normally lives in the host's own network namespace.
 The kernel then does work per pod that grows with the number of pods in
 that one namespace: each IPv4 address added makes a worker walk all of the
-namespace's addresses, and each notification about a host end walks all
-the namespace ids it knows (docs/performance.md, issue 13).  At 10,000 pods
-that makes the last pod ~2.5x slower to start than the first.
+namespace's addresses (docs/performance.md, issue 13).  At 10,000 pods that
+makes the last thousand pods ~2x slower to start than the first thousand.
 
 Pods made from a thread inside another pod's network namespace get their
 host ends *there*.  With the host ends spread over a few router pods, each
-namespace holds a tenth of them: 10,000 pods in 19.5 s here instead of
-22-24 s, the last thousand 1.5x the first thousand instead of 2.1-2.8x.
+namespace holds a tenth of them: 10,000 pods in ~18 s here instead of ~20 s,
+the last thousand ~1.8x the first thousand.
 
 The trade-off is the topology: a pod is reached through its router, not
 directly from the host.  Here each router is a pod of its own, linked to the
@@ -24,6 +23,7 @@ kernel delete their links in batches.  Stop the pods before their routers.
 Run it as root: `.venv/bin/python examples/routers.py [PODS [ROUTERS]]`
 (after `make test` or `make demo` built the virtualenv).
 """
+import argparse
 import subprocess
 import sys
 import time
@@ -73,4 +73,8 @@ def main(pods_wanted: int = 6, routers_wanted: int = 2) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:3]))
+    ap = argparse.ArgumentParser(description="Pods behind router pods (see the module's docstring).")
+    ap.add_argument("pods", type=int, nargs="?", default=6, help="pods to start (at most 64 per router; default 6)")
+    ap.add_argument("routers", type=int, nargs="?", default=2, help="router pods, 1-250 (default 2)")
+    args = ap.parse_args()
+    main(args.pods, args.routers)
