@@ -45,34 +45,18 @@ _getfd_refused = False
 # started after _getfd_refused), and by os.fork() (its before-fork hook): a
 # process forked then would keep a copy of it, and the holder's death would
 # not close the pipe.  (subprocess's vfork+exec children close it at exec:
-# it is close-on-exec.)  An RLock, released after the fork only if this
-# thread holds it: an exception in the before-fork hook (Ctrl-C while
-# waiting for the lock, or just after taking it) is only logged by CPython,
-# which forks anyway, whether the lock was taken or not; a flag set after
-# acquire() left a window where it was taken and not known to be.  (And a
-# signal handler that forks while its thread holds the lock does not
-# deadlock.)
+# it is close-on-exec.)  The fork hooks are the lock's own methods, written
+# in C: no Python frame runs between fork() and the acquire or release, so
+# no signal handler (Ctrl-C) can raise in between and leave the lock taken
+# for good; an acquire a signal interrupts while waiting leaves the lock to
+# its holder, and the release after the fork then fails, which CPython only
+# reports.  An RLock: a signal handler that forks while its thread holds
+# the lock does not deadlock (the child then keeps a copy of the write end:
+# the lifeline says nothing until that child exits, a degraded case only).
 _no_fork = threading.RLock()
+os.register_at_fork(before=_no_fork.acquire, after_in_parent=_no_fork.release,
+                    after_in_child=_no_fork._at_fork_reinit)  # type: ignore[attr-defined]
 
-
-def _no_fork_before() -> None:
-    _no_fork.acquire()
-
-
-def _no_fork_in_parent() -> None:
-    try:
-        _no_fork.release()
-    except RuntimeError:
-        pass  # (not taken by this thread: see above)
-
-
-def _no_fork_in_child() -> None:
-    global _no_fork
-    _no_fork = threading.RLock()
-
-
-# (Looked up at each fork: the child gets a fresh lock, the held copy is dropped.)
-os.register_at_fork(before=_no_fork_before, after_in_parent=_no_fork_in_parent, after_in_child=_no_fork_in_child)
 
 _creator_lock = threading.Lock()
 _creator: Optional[tuple[int, int]] = None  # (pid, pidfd of this process)

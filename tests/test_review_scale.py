@@ -4,6 +4,7 @@ import errno
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -220,49 +221,97 @@ def test_a_holder_blocks_every_signal_but_the_kernels(kinds):
         assert blocked == "fffffffffffbfa37"
 
 
-class _InterruptedLock:
-    """An RLock's ownership rules, interrupted in acquire() before or after
-    taking the lock (``take``), as a Ctrl-C in os.fork()'s before-hook."""
-
-    def __init__(self, take: bool):
-        self.take, self.owner, self.released = take, None, 0
-
-    def acquire(self):
-        if self.take:
-            self.owner = threading.get_ident()
-        raise KeyboardInterrupt
-
-    def release(self):
-        if self.owner != threading.get_ident():
-            raise RuntimeError("cannot release un-acquired lock")
-        self.owner = None
-        self.released += 1
+_FORK_LOCKS = [pytest.param("nsbox.holder", "_no_fork", id="lifeline"),
+               pytest.param("nsbox.net.rundir", "_opening", id="state-lock")]
 
 
-def _fork_with(monkeypatch, lock):
-    monkeypatch.setattr(nsbox.holder, "_no_fork", lock)
+def _fork_lock(module, name):
+    import importlib
+
+    mod = importlib.import_module(module)
+    return mod, getattr(mod, name)
+
+
+def _fork_and_reap():
     pid = os.fork()
     if pid == 0:
         os._exit(0)
     os.waitpid(pid, 0)
 
 
+def _free_for_another_thread(lock):
+    got = []
+
+    def other():
+        got.append(lock.acquire(timeout=2))
+        if got[-1]:
+            lock.release()
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    return got == [True]
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the interrupt, logged by CPython)
-def test_an_interrupted_before_fork_hook_does_not_release_another_threads_lock(monkeypatch):
-    # A Ctrl-C while os.fork()'s before-hook waits for nsbox's fork lock is
-    # only logged by CPython, which forks anyway; the after-hook released the
-    # lock all the same -- the one another thread held while a lifeline's
-    # write end was open.
-    lock = _InterruptedLock(take=False)
-    _fork_with(monkeypatch, lock)
-    assert lock.released == 0
+@pytest.mark.parametrize("module, name", _FORK_LOCKS)
+def test_a_fork_interrupted_while_waiting_for_a_fork_lock_leaves_it_to_its_holder(module, name):
+    # A Ctrl-C while os.fork()'s before-hook waits for the lock (another
+    # thread holds it) is only logged by CPython, which forks anyway; the
+    # after-hook must not take the lock from that thread, nor keep it.
+    _, lock = _fork_lock(module, name)
+    held, done = threading.Event(), threading.Event()
+
+    def holder():
+        with lock:
+            held.set()
+            done.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(5)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        _fork_and_reap()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    try:
+        assert not lock.acquire(timeout=0.1)  # still the holder's
+    finally:
+        done.set()
+        t.join()
+    assert _free_for_another_thread(lock)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_before_fork_hook_interrupted_just_after_taking_the_lock_releases_it(monkeypatch):
-    # The same Ctrl-C just after acquire() returned: the lock was taken, and
-    # a flag set after acquire() did not say so; it stayed taken for good
-    # (every later fork and holder start of the process hung).
-    lock = _InterruptedLock(take=True)
-    _fork_with(monkeypatch, lock)
-    assert lock.released == 1 and lock.owner is None
+@pytest.mark.parametrize("module, name", _FORK_LOCKS)
+def test_an_interrupt_at_a_fork_hook_does_not_leave_its_lock_taken(module, name):
+    # A Ctrl-C landing in a fork hook written in Python (the second one
+    # entered: after the fork, before its release) left the lock taken by
+    # this thread for good: every later fork of another thread hung.  The
+    # hooks are the lock's own C methods: no frame for a signal to land in.
+    mod, lock = _fork_lock(module, name)
+    entered = []
+
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename == mod.__file__:
+            entered.append(frame.f_code.co_name)
+            if len(entered) > 1:  # (the before-hook ran; the interrupt came during fork())
+                raise KeyboardInterrupt
+        return None
+
+    sys.settrace(tracer)
+    try:
+        _fork_and_reap()
+    finally:
+        sys.settrace(None)
+        free = _free_for_another_thread(lock)
+        while lock._is_owned():  # (leave it as found, whatever happened)
+            lock.release()
+    assert free

@@ -31,29 +31,18 @@ def run_dir() -> Path:
 # multiprocessing worker: for ever).  The child closes those copies at once.
 # Between open() and the entry here, and between the entry's removal and
 # close(), an fd is not known as a lock fd: os.fork() waits for _opening
-# (its before-fork hook), which covers both steps.  An RLock: the after-fork
-# hook releases it only if this thread holds it (a Ctrl-C in the before-fork
-# hook is only logged by CPython, which forks anyway, whether the lock was
-# taken or not), and a signal handler that forks inside those steps does
-# not deadlock.
+# (its before-fork hook), which covers both steps.  The parent's hooks are
+# the RLock's own C methods: no Python frame runs between fork() and the
+# acquire or release, so no signal handler can raise in between and leave
+# it taken (an acquire interrupted while waiting leaves it to its holder;
+# the release after the fork then fails, which CPython only reports).  An
+# RLock: a signal handler that forks inside those steps does not deadlock.
 _held: dict[int, int] = {}
 _opening = threading.RLock()
 
 
-def _before_fork() -> None:
-    _opening.acquire()
-
-
-def _in_parent() -> None:
-    try:
-        _opening.release()
-    except RuntimeError:
-        pass  # (not taken: see above)
-
-
 def _in_child() -> None:
-    global _opening
-    _opening = threading.RLock()
+    _opening._at_fork_reinit()  # type: ignore[attr-defined]
     me = threading.get_ident()
     for fd, holder in list(_held.items()):
         if holder != me:  # (the forking thread's own lock it still releases itself)
@@ -64,7 +53,7 @@ def _in_child() -> None:
                 pass
 
 
-os.register_at_fork(before=_before_fork, after_in_parent=_in_parent, after_in_child=_in_child)
+os.register_at_fork(before=_opening.acquire, after_in_parent=_opening.release, after_in_child=_in_child)
 
 
 @contextlib.contextmanager
