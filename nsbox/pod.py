@@ -969,8 +969,7 @@ class Pod:
 
     def __del__(self) -> None:
         if getattr(self, "_net_ns_held", False):
-            rtnl.release_netns(self._net_ns)  # (a router's namespace: not kept alive by a pod that is gone)
-            self._net_ns, self._net_ns_held = -1, False
+            self._forget_net_ns()  # (a router's namespace: not kept alive by a pod that is gone)
         if getattr(self, "_state", None) != "running":
             return
         # Bounded: at interpreter exit a daemon thread (the watcher, a restart

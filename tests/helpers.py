@@ -78,6 +78,27 @@ def run_python(script: str, *args: str, timeout: float = 60):
     )
 
 
+def run_in_thread(fn):
+    """``fn()`` on a thread of its own (a thread that joins a namespace must
+    not be the test's); returns its result, re-raises what it raised."""
+    import threading
+
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # re-raised in the caller
+            box["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
 class another_thread:
     """Context manager: one more thread alive in this process while inside
     (for rules that depend on the process being single-threaded)."""

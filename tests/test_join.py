@@ -1,35 +1,17 @@
 """nsbox.join()/joined() and Pod.joined(): per-thread, restoring, clear errors."""
 import os
 import subprocess
-import threading
 
 import pytest
 
 import nsbox
 from nsbox import Namespace
-from helpers import another_thread
+from helpers import another_thread, run_in_thread
 
 
 def thread_ns(kind):
     with Namespace.current(kind) as ns:
         return ns.inode
-
-
-def run_in_thread(fn):
-    box = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # re-raised in the caller
-            box["error"] = e
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 def test_pod_joined_restores_the_thread(pod):

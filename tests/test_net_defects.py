@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import nsbox
-from helpers import holder_pids
+from helpers import holder_pids, run_in_thread
 
 # Subnets owned by these tests: 10.245.x.0/24.
 
@@ -25,24 +25,6 @@ def links() -> set[str]:
 
 def ping(target):
     return subprocess.run(["ping", "-c", "1", "-W", "2", target], capture_output=True, text=True)
-
-
-def run_in_thread(fn):
-    """Run ``fn`` on a thread of its own (a thread that joins a namespace
-    must not be the test's); re-raise what it raised."""
-    out = []
-
-    def body():
-        try:
-            fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            out.append(e)
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if out:
-        raise out[0]
 
 
 # ---- defect 4: shaping acts in the namespace the host link was made in ----------

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 import nsbox
-from helpers import holder_pids, run_python
+from helpers import holder_pids, run_in_thread, run_python
 
 # Subnets owned by these tests: 10.210.x.0/24.
 ECHO_SERVER = textwrap.dedent(
@@ -263,23 +263,12 @@ def _fds_on(ino):
 def _behind(router, **kwargs):
     """``nsbox.Pod(**kwargs)`` started from a thread inside ``router``'s
     network namespace: its host ends are the router's."""
-    import threading
-
-    box = {}
 
     def make():
-        try:
-            with router.joined("net"):
-                box["pod"] = nsbox.Pod(**kwargs).start()
-        except BaseException as e:
-            box["error"] = e
+        with router.joined("net"):
+            return nsbox.Pod(**kwargs).start()
 
-    t = threading.Thread(target=make)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["pod"]
+    return run_in_thread(make)
 
 
 def test_pods_made_inside_another_namespace_share_one_fd_on_it():

@@ -1,11 +1,11 @@
 """nsbox.sysctls: per-pod namespaced sysctls, checked before anything is made
 and written in the pod's own namespaces only."""
-import threading
 
 import pytest
 
 import nsbox
 from nsbox.sysctls import check_sysctls, kinds_for, write_sysctls
+from helpers import run_in_thread
 
 ALL = ("net", "ipc", "uts", "pid")
 
@@ -13,23 +13,6 @@ ALL = ("net", "ipc", "uts", "pid")
 def read_sysctl(path):
     with open(f"/proc/sys/{path}") as f:
         return f.read()
-
-
-def run_in_thread(fn):
-    box = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # re-raised in the caller
-            box["error"] = e
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 # ---- check_sysctls: normalisation ---------------------------------------------------

@@ -85,6 +85,11 @@ def _encode(owner: Owner) -> bytes:
     return f"{owner[0]} {owner[1]}".encode().ljust(SLOT - 1) + b"\n"
 
 
+def _write_slot(fd: int, slot: int, data: bytes) -> None:
+    if os.pwrite(fd, data, slot * SLOT) != SLOT:  # pragma: no cover - a full /run
+        raise OSError(errno.ENOSPC, "short write to the IPAM slot file")
+
+
 @dataclass(frozen=True)
 class Lease:
     """One leased address: where its lease is, and whose it is."""
@@ -227,9 +232,7 @@ class Ipam:
             return
         with self._slots_fd(create=owner is not None) as fd:
             if fd is not None:
-                data = _FREE if owner is None else _encode(owner)
-                if os.pwrite(fd, data, slot * SLOT) != SLOT:  # pragma: no cover - a full /run
-                    raise OSError(errno.ENOSPC, "short write to the IPAM slot file")
+                _write_slot(fd, slot, _FREE if owner is None else _encode(owner))
 
     def _entries(self, files: str = "subnet") -> tuple[list[tuple[Address, Owner, Optional[int]]], list[int]]:
         """Every lease recorded, alive or not -- (address, owner, its slot or
@@ -357,8 +360,7 @@ class Ipam:
                 if i < SLOTS:
                     if self._is_live(_parse(os.pread(fd, SLOT, i * SLOT))):
                         continue
-                    if os.pwrite(fd, _encode(owner), i * SLOT) != SLOT:  # free, or reclaimed from a dead owner
-                        raise OSError(errno.ENOSPC, "short write to the IPAM slot file")  # pragma: no cover
+                    _write_slot(fd, i, _encode(owner))  # free, or reclaimed from a dead owner
                 else:
                     if self._is_live(self.recorded(addr)):
                         continue

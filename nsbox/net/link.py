@@ -232,12 +232,10 @@ def create_pair(host: Rtnl, pod_netns_fd: int, ifname: str, host_ifname: Optiona
             reqs += up
         if host_address is not None:
             reqs.append(msg.addr_add(index, name, host_address))
-        if new_netns:
+        if new_netns:  # (its answer ignored: else the kernel gives an id itself)
             reqs.insert(0, msg.netns_id(pod_netns_fd, _next_netns_id()))
-            new_netns = False  # (whatever it answers: the kernel gives one itself otherwise)
-            errors = host.run(reqs)[1:]
-        else:
-            errors = host.run(reqs)
+        errors = host.run(reqs)[1 if new_netns else 0:]
+        new_netns = False  # (once: a retry's namespace has its id)
         err = errors[0]
         if err is None:
             try:

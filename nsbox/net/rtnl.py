@@ -344,10 +344,13 @@ class Rtnl:
             errors: dict[int, Optional[NetworkError]] = {}
             replies: dict[int, list[bytes]] = {}
             first = seqs[0] if seqs else 0
+
+            def waiting_for() -> str:  # (on a timeout: the first unanswered request that counts)
+                return next((requests[i] for i, s in enumerate(seqs) if s not in errors and not requests[i].aside),
+                            requests[0]).what
+
             while len(errors) < len(seqs):
-                data, sender = self._recv(lambda: next(  # (on a timeout: the first unanswered request)
-                    (requests[i] for i, s in enumerate(seqs) if s not in errors and not requests[i].aside),
-                    requests[0]).what)
+                data, sender = self._recv(waiting_for)
                 if sender != 0:
                     continue  # not from the kernel
                 off = 0
